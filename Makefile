@@ -1,0 +1,37 @@
+# The two commands: `make book` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: book test venv lint bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Build the book, executing every notebook against the sample world (a failing cell fails the build).
+book: $(STAMP)
+	$(PY) -m abc_helpers.sample build
+	$(VENV)/bin/jupyter-book build . --warningiserror --nitpicky --keep-going
+	@echo "Book: $(CURDIR)/_build/html/index.html"
+
+## Run every test, including nbval over the stored outputs of book/*.ipynb.
+test: $(STAMP)
+	$(PY) -m abc_helpers.sample build
+	$(PY) -m pytest tests --nbval book --nbval-sanitize-with book/sanitize.cfg -p no:cacheprovider
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check abc_helpers tests bench
+	$(VENV)/bin/ruff format --check abc_helpers tests bench
+
+bench: $(STAMP)
+	for b in bench/*.py; do $(PY) $$b --quick || exit 1; done
+
+clean:
+	rm -rf _build

@@ -1,0 +1,44 @@
+"""abc_helpers: thin, fast and reliable helpers for Allen Institute open data.
+
+All public names are importable from here; please do not import from submodules, which may move.
+"""
+
+from .cache import (
+    AbcProjectCache,
+    LargeDataSizeWarning,
+    OutdatedManifestWarning,
+    ReadOnlyLocalCacheWarning,
+)
+from .manifest import (
+    DataTypeNotInDirectory,
+    FileAttributes,
+    Manifest,
+    ManifestComparison,
+    compare_manifests,
+    format_size,
+)
+from .sources import Source, get_source
+from .transfer import DownloadError, DownloadJob, download, download_many, file_hash, list_objects
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AbcProjectCache",
+    "DataTypeNotInDirectory",
+    "DownloadError",
+    "DownloadJob",
+    "FileAttributes",
+    "LargeDataSizeWarning",
+    "Manifest",
+    "ManifestComparison",
+    "OutdatedManifestWarning",
+    "ReadOnlyLocalCacheWarning",
+    "Source",
+    "compare_manifests",
+    "download",
+    "download_many",
+    "file_hash",
+    "format_size",
+    "get_source",
+    "list_objects",
+]

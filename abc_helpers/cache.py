@@ -1,0 +1,489 @@
+"""``AbcProjectCache``: ABC Atlas releases, directories and files, in a local cache folder.
+
+The cache folder is laid out like the bucket::
+
+    <cache_dir>/releases/<YYYYMMDD>/manifest.json
+    <cache_dir>/<kind>/<directory>/<version>/<file>        e.g. metadata/WMB-10X/20231215/gene.csv
+    <cache_dir>/_downloaded_data.json                        {relative path: md5} of verified files
+    <cache_dir>/_manifest_last_used.txt                      the release used last, across processes
+
+Paths in the records are relative, so the folder can be moved or mounted elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+import pandas as pd
+from filelock import FileLock
+
+from .manifest import (
+    DATA_KINDS,
+    FileAttributes,
+    Manifest,
+    ManifestComparison,
+    compare_manifests,
+    format_size,
+    suggest,
+)
+from .sources import Source, get_source
+from .transfer import DownloadJob, download, download_many, file_hash, list_objects
+
+LOGGER = logging.getLogger("abc_helpers")
+
+BUCKET = "allen-brain-cell-atlas"
+MANIFEST_PREFIX = "releases/"
+_MANIFEST_RE = re.compile(r"^releases/(\d{8})/manifest\.json$")
+_RECORD = "_downloaded_data.json"
+_LAST_USED = "_manifest_last_used.txt"
+
+
+class OutdatedManifestWarning(UserWarning):
+    """A newer release exists than the one being loaded."""
+
+
+class LargeDataSizeWarning(UserWarning):
+    """A directory download is large (over 10 GB by default)."""
+
+
+class ReadOnlyLocalCacheWarning(UserWarning):
+    """The cache folder is read-only: nothing will be downloaded or recorded."""
+
+
+class AbcProjectCache:
+    """Releases, directories and files of the Allen Brain Cell Atlas, cached in a local folder.
+
+    Use :meth:`from_s3_cache` (downloads as needed), :meth:`from_local_cache` (read-only, e.g. a
+    mounted bucket) or :meth:`from_cache_dir` (picks one by whether the folder is writable).
+
+    Parameters
+    ----------
+    cache_dir : str or Path
+        The cache folder.
+    source : str, Source or None
+        ``"aws"``, ``"sample"`` or a mirror URL (see :func:`abc_helpers.sources.get_source`).
+        Ignored by a local cache.
+    local : bool
+        Read-only mode: only manifests and files already in *cache_dir* are used.
+    large_directory_bytes : int
+        Directory downloads larger than this warn with :class:`LargeDataSizeWarning`.
+    max_workers : int
+        Parallel transfers for directory downloads.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        source: str | Source | None = None,
+        local: bool = False,
+        large_directory_bytes: int = 10 * 1024**3,
+        max_workers: int = 8,
+    ) -> None:
+        self._cache_dir = Path(cache_dir).expanduser().resolve()
+        self.local = local
+        self.large_directory_bytes = large_directory_bytes
+        self.max_workers = max_workers
+        self._source = None if local else get_source(source)
+        if not local:
+            self._cache_dir.mkdir(parents=True, exist_ok=True)
+        elif not self._cache_dir.is_dir():
+            raise FileNotFoundError(f"Local cache folder '{self._cache_dir}' does not exist: give the "
+                                    "folder that holds releases/ (e.g. a mounted bucket).")
+        self._remote_manifests: list[str] | None = None
+        self._manifest: Manifest | None = None
+        self._warned_outdated: set[str] = set()
+        self.load_last_manifest()
+
+    # -- constructors --------------------------------------------------------------------------
+    @classmethod
+    def from_s3_cache(cls, cache_dir: str | Path, source: str | Source | None = None,
+                      **kwargs) -> AbcProjectCache:
+        """A cache that downloads from *source* (default ``ABC_HELPERS_SOURCE`` or ``"aws"``)."""
+        return cls(cache_dir, source=source, **kwargs)
+
+    @classmethod
+    def from_local_cache(cls, cache_dir: str | Path, **kwargs) -> AbcProjectCache:
+        """A read-only cache over a folder laid out like the bucket (e.g. an s3fs mount)."""
+        return cls(cache_dir, local=True, **kwargs)
+
+    @classmethod
+    def from_cache_dir(cls, cache_dir: str | Path, source: str | Source | None = None,
+                       **kwargs) -> AbcProjectCache:
+        """A downloading cache if *cache_dir* is writable (or absent), else a read-only one."""
+        path = Path(cache_dir).expanduser()
+        if not path.exists() or os.access(path, os.W_OK):
+            return cls.from_s3_cache(path, source=source, **kwargs)
+        warnings.warn(f"'{path}' is read-only: using it as a local cache (no downloads).",
+                      ReadOnlyLocalCacheWarning, stacklevel=2)
+        return cls.from_local_cache(path, **kwargs)
+
+    # -- basic properties ------------------------------------------------------------------------
+    @property
+    def cache_dir(self) -> Path:
+        """The cache folder (absolute)."""
+        return self._cache_dir
+
+    @property
+    def source(self) -> Source | None:
+        """Where files come from (None for a local cache)."""
+        return self._source
+
+    def __repr__(self) -> str:
+        mode = "local" if self.local else f"source={self._source}"
+        return f"AbcProjectCache('{self._cache_dir}', {mode}, manifest='{self.current_manifest}')"
+
+    # -- manifests -------------------------------------------------------------------------------
+    @property
+    def list_manifest_file_names(self) -> list[str]:
+        """Every release manifest available (on the source; downloaded ones for a local cache)."""
+        if self.local:
+            downloaded = self.list_all_downloaded_manifests
+            if not downloaded:
+                raise FileNotFoundError(f"No release manifests (releases/*/manifest.json) in the local "
+                                        f"cache '{self._cache_dir}'.")
+            return downloaded
+        if self._remote_manifests is None:
+            keys = [o["key"] for o in list_objects(self._source.bucket_url(BUCKET), MANIFEST_PREFIX)]
+            self._remote_manifests = sorted(k for k in keys if _MANIFEST_RE.match(k))
+            if not self._remote_manifests:
+                raise FileNotFoundError(f"No release manifests under '{MANIFEST_PREFIX}' at "
+                                        f"{self._source.bucket_url(BUCKET)}: is the data source right?")
+        return list(self._remote_manifests)
+
+    @property
+    def latest_manifest_file(self) -> str:
+        """The newest release manifest available."""
+        return max(self.list_manifest_file_names)
+
+    @property
+    def list_all_downloaded_manifests(self) -> list[str]:
+        """Release manifests already in the cache folder."""
+        found = (p.relative_to(self._cache_dir).as_posix()
+                 for p in self._cache_dir.glob("releases/*/manifest.json"))
+        return sorted(name for name in found if _MANIFEST_RE.match(name))
+
+    @property
+    def latest_downloaded_manifest_file(self) -> str | None:
+        """The newest release manifest in the cache folder, or None."""
+        downloaded = self.list_all_downloaded_manifests
+        return max(downloaded) if downloaded else None
+
+    @property
+    def current_manifest(self) -> str | None:
+        """The name of the loaded release manifest, e.g. ``'releases/20231215/manifest.json'``."""
+        return self._manifest.name if self._manifest is not None else None
+
+    @property
+    def manifest(self) -> Manifest:
+        """The loaded :class:`~abc_helpers.manifest.Manifest`."""
+        return self._manifest
+
+    def _check_manifest_name(self, name: str) -> str:
+        valid = self.list_manifest_file_names
+        if name in valid:
+            return name
+        release = f"releases/{name}/manifest.json"  # accept '20231215' for convenience
+        if release in valid:
+            return release
+        raise ValueError(f"'{name}' is not a release manifest of this source.{suggest(name, valid)} "
+                         f"Valid names: {valid}")
+
+    def get_manifest(self, name: str) -> Manifest:
+        """Return the parsed manifest of release *name* (downloaded if needed) without loading it."""
+        name = self._check_manifest_name(name) if not (self._cache_dir / name).exists() else name
+        path = self._cache_dir / name
+        if not path.exists():
+            if self.local:
+                raise FileNotFoundError(f"{name} is not in the local cache '{self._cache_dir}'.")
+            download(self._source.object_url(BUCKET, name), path, progressbar=False)
+        return Manifest.from_file(path, name=name)
+
+    def load_manifest(self, manifest_name: str | None = None) -> None:
+        """Load a release (``'releases/20230630/manifest.json'`` or ``'20230630'``), remembered for
+        the next session; warns with :class:`OutdatedManifestWarning` if a newer release exists."""
+        if manifest_name is None:
+            self.load_last_manifest()
+            return
+        name = self._check_manifest_name(manifest_name)
+        latest = self.latest_manifest_file
+        if name != latest and latest not in self._warned_outdated and not self.local:
+            self._warned_outdated.add(latest)
+            warnings.warn(
+                f"The manifest you are loading ({name}) is not the most up to date one available. "
+                f"The newest is {latest}. To see what changed, run\n"
+                f"AbcProjectCache.compare_manifests('{latest}', '{name}')\n"
+                "To load the newest, run\nAbcProjectCache.load_latest_manifest()",
+                OutdatedManifestWarning, stacklevel=2)
+        self._manifest = self.get_manifest(name)
+        self._save_last_used(name)
+
+    def load_latest_manifest(self) -> None:
+        """Load the newest release; warns if you were working with an older one."""
+        latest = self.latest_manifest_file
+        previous = self.latest_downloaded_manifest_file
+        if previous is not None and previous < latest and not self.local:
+            warnings.warn(
+                f"You are loading {latest}, which is newer than the most recent manifest you have "
+                f"worked with ({previous}). Files that changed between the two releases will be "
+                f"downloaded again when you ask for them (files already downloaded are kept). To "
+                f"continue with {previous}, run\nAbcProjectCache.load_manifest('{previous}')",
+                OutdatedManifestWarning, stacklevel=2)
+        self._manifest = self.get_manifest(latest)
+        self._save_last_used(latest)
+
+    def load_last_manifest(self) -> None:
+        """Load the release used last (across Python sessions), or the newest one."""
+        record = self._cache_dir / _LAST_USED
+        name = record.read_text().strip() if record.exists() else None
+        if name is None:
+            self.load_latest_manifest()
+            return
+        if name not in self.list_manifest_file_names:
+            warnings.warn(f"The release recorded as last used ({name!r}) is not available from this "
+                          f"source; loading the newest, {self.latest_manifest_file}, instead.",
+                          UserWarning, stacklevel=2)
+            self.load_latest_manifest()
+            return
+        latest = self.latest_manifest_file
+        if name != latest and not self.local:
+            self._warned_outdated.add(latest)
+            warnings.warn(
+                f"You are loading {name}. A more up to date version of the dataset -- {latest} -- "
+                f"exists. To see the changes between the two releases, run\n"
+                f"AbcProjectCache.compare_manifests('{latest}', '{name}')\n"
+                f"To load the newest, run\nAbcProjectCache.load_manifest('{latest}')",
+                OutdatedManifestWarning, stacklevel=3)
+        self._manifest = self.get_manifest(name)
+
+    def _save_last_used(self, name: str) -> None:
+        if self.local:
+            return
+        tmp = self._cache_dir / f"{_LAST_USED}.{os.getpid()}.tmp"
+        tmp.write_text(name)
+        os.replace(tmp, self._cache_dir / _LAST_USED)
+
+    def compare_manifests(self, manifest_newer_name: str, manifest_older_name: str) -> ManifestComparison:
+        """What changed between two releases: directories and files added, removed and changed.
+
+        Parameters
+        ----------
+        manifest_newer_name, manifest_older_name : str
+            Two release manifest names, the newer first.
+
+        Returns
+        -------
+        ManifestComparison
+            Prints as readable text; ``.to_dataframe()`` gives one row per changed file.
+        """
+        newer = self.get_manifest(self._check_manifest_name(manifest_newer_name))
+        older = self.get_manifest(self._check_manifest_name(manifest_older_name))
+        return compare_manifests(newer, older)
+
+    # -- listing ---------------------------------------------------------------------------------
+    @property
+    def list_directories(self) -> list[str]:
+        """The directories of the loaded release."""
+        return self._manifest.list_directories
+
+    def list_metadata_files(self, directory: str) -> list[str]:
+        """Metadata (CSV) file names of *directory*."""
+        return self._manifest.list_files(directory, ("metadata",))
+
+    def list_data_files(self, directory: str) -> list[str]:
+        """Data file names of *directory* (h5ad pairs as ``'<name>/log2'``, ``'<name>/raw'``)."""
+        return self._manifest.list_files(directory, DATA_KINDS)
+
+    def list_expression_matrix_files(self, directory: str) -> list[str]:
+        """Expression matrix (h5ad) names of *directory*."""
+        return self._manifest.list_files(directory, ("expression_matrices",))
+
+    def list_image_volume_files(self, directory: str) -> list[str]:
+        """Image volume (nii.gz) names of *directory*."""
+        return self._manifest.list_files(directory, ("image_volumes",))
+
+    def get_directory_data_size(self, directory: str) -> str:
+        """Total size of the data files of *directory*, e.g. ``'104.16 GB'``."""
+        self.list_data_files(directory)  # raises if there are none
+        return format_size(self._manifest.directory_size(directory, DATA_KINDS))
+
+    def get_directory_metadata_size(self, directory: str) -> str:
+        """Total size of the metadata files of *directory*, e.g. ``'4.65 MB'``."""
+        self.list_metadata_files(directory)
+        return format_size(self._manifest.directory_size(directory, ("metadata",)))
+
+    def get_file_attributes(self, directory: str, file_name: str) -> FileAttributes:
+        """The manifest entry of one file (size, md5, version, relative path)."""
+        return self._manifest.get_file_attributes(directory, file_name)
+
+    # -- the download record -----------------------------------------------------------------------
+    def _record_path(self) -> Path:
+        return self._cache_dir / _RECORD
+
+    def _read_record(self) -> dict[str, str | None]:
+        path = self._record_path()
+        if not path.exists():
+            return {}
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            LOGGER.warning("The download record %s is damaged; files will be checked again.", path)
+            return {}
+
+    def _record(self, attrs: list[FileAttributes], hashes: list[str | None]) -> None:
+        if self.local:
+            return
+        with FileLock(str(self._record_path()) + ".lock"):
+            record = self._read_record()
+            for a, h in zip(attrs, hashes):
+                record[a.relative_path] = h
+            tmp = self._record_path().with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
+            os.replace(tmp, self._record_path())
+
+    def _local_path(self, attrs: FileAttributes) -> Path:
+        path = (self._cache_dir / attrs.relative_path).resolve()
+        if self._cache_dir not in path.parents:
+            raise ValueError(f"'{attrs.relative_path}' would be written outside the cache folder "
+                             f"'{self._cache_dir}': refused.")
+        return path
+
+    def _is_ready(self, attrs: FileAttributes, record: dict, skip_hash_check: bool) -> bool:
+        """Is the file at its local path, whole and (if known) verified?"""
+        path = self._local_path(attrs)
+        if not path.is_file():
+            return False
+        if path.stat().st_size != attrs.size:
+            LOGGER.warning("%s has %d bytes but the manifest says %d: downloading it again.",
+                           path, path.stat().st_size, attrs.size)
+            return False
+        recorded = record.get(attrs.relative_path, "absent")
+        if recorded == attrs.file_hash or (recorded is None and skip_hash_check):
+            return True
+        if self.local:
+            return True  # a read-only mirror: trust what is there
+        if skip_hash_check:
+            return True
+        # Present but not recorded (or recorded for another release): check its hash once.
+        if file_hash(path, "md5") == attrs.known_hash:
+            self._record([attrs], [attrs.file_hash])
+            return True
+        return False
+
+    def _fetch(self, files: list[FileAttributes], force_download: bool, skip_hash_check: bool,
+               desc: str | None = None) -> list[Path]:
+        paths = [self._local_path(a) for a in files]
+        if self.local:
+            missing = [str(p) for p in paths if not p.is_file()]
+            if missing:
+                raise FileNotFoundError(
+                    f"This is a local (read-only) cache and {len(missing)} file(s) are not in it: "
+                    f"{missing[:3]}{' ...' if len(missing) > 3 else ''}. Use "
+                    "AbcProjectCache.from_s3_cache to download them.")
+            return paths
+        record = self._read_record()
+        todo = [a for a in files if force_download or not self._is_ready(a, record, skip_hash_check)]
+        if not todo:
+            return paths
+        needed = sum(a.size for a in todo)
+        free = shutil.disk_usage(self._cache_dir).free
+        if needed > free:
+            raise OSError(f"Not enough disk space: {len(todo)} file(s) need {format_size(needed)} but "
+                          f"only {format_size(free)} is free at '{self._cache_dir}'. Free some space or "
+                          "use a cache_dir on a larger disk; nothing was downloaded.")
+
+        def job(a: FileAttributes) -> DownloadJob:
+            return DownloadJob(self._source.object_url(BUCKET, a.relative_path), self._local_path(a),
+                               None if skip_hash_check else a.known_hash, a.size)
+
+        by_path = {self._local_path(a): a for a in todo}
+        if len(todo) == 1:
+            a = todo[0]
+            j = job(a)
+            download(j.url, j.path, known_hash=j.known_hash, size=j.size, force=force_download,
+                     desc=a.file_name)
+            self._record([a], [None if skip_hash_check else a.file_hash])
+        else:
+            download_many([job(a) for a in todo], max_workers=self.max_workers, desc=desc,
+                          force=force_download,
+                          on_done=lambda j, p: self._record(
+                              [by_path[p]], [None if skip_hash_check else by_path[p].file_hash]))
+        return paths
+
+    # -- files -----------------------------------------------------------------------------------
+    def get_file_path(self, directory: str, file_name: str, force_download: bool = False,
+                      skip_hash_check: bool = False) -> Path:
+        """The local path of one file, downloading (and verifying) it if needed.
+
+        Parameters
+        ----------
+        directory : str
+            A directory of the loaded release, e.g. ``'WMB-10X'``.
+        file_name : str
+            A name from :meth:`list_metadata_files` / :meth:`list_data_files`, e.g. ``'gene'``
+            or ``'WMB-10XMulti/log2'``.
+        force_download : bool
+            Download again even if the file is there (e.g. it was damaged).
+        skip_hash_check : bool
+            Do not compute the md5 (faster, less safe).
+
+        Returns
+        -------
+        Path
+
+        Raises
+        ------
+        KeyError
+            Unknown or ambiguous names (the message lists the valid ones).
+        DownloadError
+            If the file could not be fetched.
+        """
+        attrs = self._manifest.get_file_attributes(directory, file_name)
+        return self._fetch([attrs], force_download, skip_hash_check)[0]
+
+    def get_data_path(self, directory: str, file_name: str, force_download: bool = False,
+                      skip_hash_check: bool = False) -> Path:
+        """The local path of a data file (h5ad, nii.gz), downloading it if needed."""
+        attrs = self._manifest.get_file_attributes(directory, file_name, DATA_KINDS)
+        return self._fetch([attrs], force_download, skip_hash_check)[0]
+
+    def get_metadata_path(self, directory: str, file_name: str, force_download: bool = False,
+                          skip_hash_check: bool = False) -> Path:
+        """The local path of a metadata CSV, downloading it if needed."""
+        attrs = self._manifest.get_file_attributes(directory, file_name, ("metadata",))
+        return self._fetch([attrs], force_download, skip_hash_check)[0]
+
+    def get_metadata_dataframe(self, directory: str, file_name: str, force_download: bool = False,
+                               skip_hash_check: bool = False, **kwargs) -> pd.DataFrame:
+        """A metadata CSV as a DataFrame; extra keyword arguments go to :func:`pandas.read_csv`."""
+        path = self.get_metadata_path(directory, file_name, force_download, skip_hash_check)
+        return pd.read_csv(path, **kwargs)
+
+    def _get_directory(self, directory: str, kinds: tuple[str, ...], force_download: bool,
+                       skip_hash_check: bool) -> list[Path]:
+        files = self._manifest.files(directory, kinds)
+        what = "metadata" if kinds == ("metadata",) else "data"
+        if not files:
+            self._manifest.list_files(directory, kinds)  # raises DataTypeNotInDirectory
+        total = sum(a.size for a in files)
+        if total > self.large_directory_bytes and not self.local:
+            warnings.warn(f"{directory} {what} is {format_size(total)}. Continue only if you are sure "
+                          "you have the space and the time.", LargeDataSizeWarning, stacklevel=3)
+        files = sorted(files, key=lambda a: a.relative_path)
+        return self._fetch(files, force_download, skip_hash_check,
+                           desc=f"{directory} {what} ({len(files)} files)")
+
+    def get_directory_data(self, directory: str, force_download: bool = False,
+                           skip_hash_check: bool = False) -> list[Path]:
+        """Download (if needed) every data file of *directory*; return their local paths."""
+        return self._get_directory(directory, DATA_KINDS, force_download, skip_hash_check)
+
+    def get_directory_metadata(self, directory: str, force_download: bool = False,
+                               skip_hash_check: bool = False) -> list[Path]:
+        """Download (if needed) every metadata file of *directory*; return their local paths."""
+        return self._get_directory(directory, ("metadata",), force_download, skip_hash_check)

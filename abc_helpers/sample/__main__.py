@@ -1,0 +1,48 @@
+"""Command line: ``python -m abc_helpers.sample serve [--port N]`` and ``... build``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from . import build_world, start
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the sample-world command line."""
+    parser = argparse.ArgumentParser(prog="python -m abc_helpers.sample", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="build the sample world (once) and print its folder")
+    b.add_argument("--force", action="store_true", help="rebuild even if it is built")
+    s = sub.add_parser("serve", help="serve the sample world (or a mirror) until stopped")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    s.add_argument("--mirror", default=None, help="serve this cache directory instead")
+    s.add_argument("--root", default=None, help="serve this built world folder (default: the sample world)")
+    s.add_argument("--fault", action="append", default=[],
+                   help="inject a fault, e.g. 'drop-after=1000000,key=*units.csv,count=2'")
+    args = parser.parse_args(argv)
+
+    if args.command == "build":
+        t0 = time.perf_counter()
+        root = build_world(force=args.force)
+        print(f"sample world: {root} ({time.perf_counter() - t0:.1f} s)")
+        return 0
+    faults = None
+    if args.fault:
+        from .faults import FaultPlan
+
+        faults = FaultPlan.parse(args.fault)
+    server = start(root=args.root, host=args.host, port=args.port, faults=faults, mirror=args.mirror)
+    print(server.url, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
