@@ -12,9 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from .build import build_world, default_world_dir
-from .world import ABC_BUCKET, VBN_BUCKET
+from .faults import Fault, FaultPlan
+from .server import SampleServer
+from .world import ABC_BUCKET, VBN_BUCKET, WorldWriter
 
-__all__ = ["start", "build_world", "default_world_dir", "ABC_BUCKET", "VBN_BUCKET"]
+__all__ = ["start", "build_world", "default_world_dir", "SampleServer", "Fault", "FaultPlan",
+           "WorldWriter", "ABC_BUCKET", "VBN_BUCKET"]
 
 
 def start(
@@ -45,8 +48,6 @@ def start(
     SampleServer
         A running server with ``.url`` (e.g. ``'http://127.0.0.1:38211'``) and ``.stop()``.
     """
-    from .server import SampleServer
-
     if mirror is None and root is None:
         root = build_world()
     elif mirror is None and not (Path(root) / "s3-index").is_dir():
