@@ -226,7 +226,7 @@ class AbcProjectCache:
     def load_latest_manifest(self) -> None:
         """Load the newest release; warns if you were working with an older one."""
         latest = self.latest_manifest_file
-        previous = self.latest_downloaded_manifest_file
+        previous = self.current_manifest
         if previous is not None and previous < latest and not self.local:
             warnings.warn(
                 f"You are loading {latest}, which is newer than the most recent manifest you have "
@@ -397,20 +397,25 @@ class AbcProjectCache:
                           f"only {format_size(free)} is free at '{self._cache_dir}'. Free some space or "
                           "use a cache_dir on a larger disk; nothing was downloaded.")
 
+        # Files present now failed the checks above: replace them. Files absent now but present
+        # once the per-file lock is held were completed by another process: keep those.
+        stale = {self._local_path(a) for a in todo if self._local_path(a).exists()}
+
         def job(a: FileAttributes) -> DownloadJob:
-            return DownloadJob(self._source.object_url(BUCKET, a.relative_path), self._local_path(a),
-                               None if skip_hash_check else a.known_hash, a.size)
+            path = self._local_path(a)
+            return DownloadJob(self._source.object_url(BUCKET, a.relative_path), path,
+                               None if skip_hash_check else a.known_hash, a.size,
+                               force=force_download or path in stale)
 
         by_path = {self._local_path(a): a for a in todo}
         if len(todo) == 1:
             a = todo[0]
             j = job(a)
-            download(j.url, j.path, known_hash=j.known_hash, size=j.size, force=force_download,
+            download(j.url, j.path, known_hash=j.known_hash, size=j.size, force=j.force,
                      desc=a.file_name)
             self._record([a], [None if skip_hash_check else a.file_hash])
         else:
             download_many([job(a) for a in todo], max_workers=self.max_workers, desc=desc,
-                          force=force_download,
                           on_done=lambda j, p: self._record(
                               [by_path[p]], [None if skip_hash_check else by_path[p].file_hash]))
         return paths

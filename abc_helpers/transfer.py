@@ -71,12 +71,15 @@ class DownloadJob:
         ``"md5:<hex>"``, ``"blake2b:<hex>"``, ... or None to skip the check.
     size : int or None
         Expected size in bytes (used for progress bars and sanity checks).
+    force : bool
+        Replace a file already at *path* (e.g. one that failed a check).
     """
 
     url: str
     path: Path
     known_hash: str | None = None
     size: int | None = None
+    force: bool = False
 
 
 def get_session() -> requests.Session:
@@ -447,7 +450,7 @@ def download_many(
         with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(jobs)))) as pool:
             futures = {
                 pool.submit(download, j.url, j.path, known_hash=j.known_hash, size=j.size,
-                            progressbar=False, force=force, overall=advance): i
+                            progressbar=False, force=force or j.force, overall=advance): i
                 for i, j in enumerate(jobs)
             }
             for future in as_completed(futures):

@@ -1,0 +1,273 @@
+"""A coarse synthetic CCF (200 um) and a small synthetic MERFISH experiment for the sample world.
+
+The volume is a mouse-brain-shaped ellipsoid on a 200 um grid (AP 66 x DV 40 x LR 57 voxels;
+SimpleITK x = AP, y = DV, z = LR, spacing in mm) whose voxels carry ``parcellation_index``
+values of real Allen structures (olfactory bulb, isocortical areas, hippocampus, striatum,
+thalamus, hypothalamus, midbrain, pons, medulla, cerebellum, fibre tracts, ventricles) taken
+from the real structure tree (``data/allen_structure_tree.csv``); the geometry is synthetic.
+MERFISH cells sit in 8 coronal sections and take their cell types from the region they fall in.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SPACING_MM = 0.2
+SHAPE_AP_DV_LR = (66, 40, 57)
+_MID_LR = 5.7
+
+#: Division acronym -> the region key of the 10x class mix (abc_cells.REGION_CLASSES).
+DIVISION_REGION = {"Isocortex": "Isocortex", "OLF": "OLF", "HPF": "HPF", "CTXsp": "CTXsp",
+                   "STR": "STR", "PAL": "PAL", "TH": "TH", "HY": "HY", "MB": "MB", "P": "P",
+                   "MY": "MY", "CB": "CB"}
+_DIVISIONS = {315: "Isocortex", 698: "OLF", 1089: "HPF", 703: "CTXsp", 477: "STR", 803: "PAL",
+              549: "TH", 1097: "HY", 313: "MB", 771: "P", 354: "MY", 512: "CB", 1009: "lfbs",
+              73: "VS"}
+_CATEGORIES = {8: "grey", 1009: "fiber tracts", 73: "VS"}
+
+
+def structure_tree() -> pd.DataFrame:
+    """Return the real Allen structure tree shipped with the package (row order = index)."""
+    path = Path(__file__).parent / "data" / "allen_structure_tree.csv"
+    return pd.read_csv(path, usecols=["id", "name", "acronym", "structure_id_path",
+                                      "color_hex_triplet"], dtype={"color_hex_triplet": str})
+
+
+def build_annotation(tree: pd.DataFrame) -> np.ndarray:
+    """Return the annotation volume as a ``uint32`` array indexed ``[AP, DV, LR]``.
+
+    Values are parcellation indices (row numbers of the structure tree; 0 = outside the brain).
+    """
+    n_ap, n_dv, n_lr = SHAPE_AP_DV_LR
+    ap, dv, lr = np.meshgrid((np.arange(n_ap) + 0.5) * SPACING_MM, (np.arange(n_dv) + 0.5) * SPACING_MM,
+                             (np.arange(n_lr) + 0.5) * SPACING_MM, indexing="ij")
+    d = np.abs(lr - _MID_LR)
+    mask = (((ap - 6.9) / 6.2) ** 2 + ((dv - 4.3) / 3.6) ** 2 + (d / 5.0) ** 2 < 1) & (dv > 0.6)
+    top = np.where(mask.any(axis=1), mask.argmax(axis=1), n_dv) * SPACING_MM  # [ap, lr]
+    depth = dv - top[:, None, :]
+    label = np.full(mask.shape, "", dtype=object)
+
+    def put(cond, acronym):
+        label[mask & cond] = acronym
+
+    cereb = (ap >= 2.3) & (ap < 9.6)
+    put(ap < 2.3, "MOB")
+    put((ap < 2.3) & (ap > 1.7) & (depth < 0.5), "AOB")
+    # fillers for the rest of the cerebrum and diencephalon, overwritten below
+    put(cereb & (ap < 6.2), "CP")
+    put(cereb & (ap < 6.2) & (dv >= 5.0), "ACB")
+    put(cereb & (ap >= 6.2) & (ap < 8.0), "VPM")
+    put(cereb & (ap >= 6.2) & (ap < 8.0) & (dv >= 5.0), "LHA")
+    put(cereb & (ap >= 8.0), "MB")
+    cortex = cereb & (depth < 1.1)
+    put(cortex & (ap < 3.8), "MOs")
+    put(cortex & (ap >= 3.8) & (ap < 5.2), "MOp")
+    put(cortex & (ap >= 5.2) & (ap < 7.2), "SSp")
+    put(cortex & (ap >= 5.2) & (ap < 7.2) & (d > 3.6), "SSs")
+    put(cortex & (ap >= 7.2), "VISp")
+    put(cortex & (ap >= 7.2) & (d < 1.0), "RSP")
+    put(cortex & (ap >= 3.0) & (ap < 6.0) & (d < 0.6), "ACAd")
+    put(cortex & (ap >= 6.5) & (ap < 8.5) & (d > 4.2), "AUDp")
+    put(cereb & (d > 3.4) & (dv > 4.6), "PIR")
+    put(cereb & (ap >= 7.5) & (d > 3.8) & (dv > 3.6), "ENTl")
+    put(cereb & (depth >= 1.1) & (depth < 1.35) & (ap > 3.0) & (ap < 9.0), "cc")
+    hip = (ap > 6.2) & (ap < 9.2) & (depth >= 1.35) & (depth < 3.0) & (d > 0.8) & (d < 4.2)
+    put(hip, "CA3")
+    put(hip & (depth < 2.4), "DG")
+    put(hip & (depth < 1.9), "CA1")
+    put((ap > 3.0) & (ap < 6.2) & (dv > 2.4) & (dv < 5.6) & (d > 0.8) & (d < 3.8), "CP")
+    put((ap > 3.0) & (ap < 5.5) & (dv >= 5.0) & (dv < 6.2) & (d > 0.5) & (d < 2.5), "ACB")
+    put((ap > 4.0) & (ap < 6.0) & (dv > 2.0) & (dv < 3.2) & (d > 0.5) & (d < 0.9), "VL")
+    put((ap > 5.2) & (ap < 6.4) & (dv > 3.8) & (dv < 5.0) & (d > 1.8) & (d < 3.0), "GPe")
+    put((ap > 3.5) & (ap < 6.0) & (d > 3.9) & (d < 4.4) & (dv > 2.6) & (dv < 4.6), "CLA")
+    put((ap > 6.0) & (ap < 7.5) & (d > 3.0) & (d < 4.2) & (dv > 5.0), "BLA")
+    th = (ap > 6.2) & (ap < 8.0) & (dv > 2.9) & (dv < 5.0) & (d < 2.6) & (depth >= 1.35)
+    put(th, "VPM")
+    put(th & (d < 0.6), "MD")
+    put(th & (d > 2.0) & (dv < 3.8), "LGd")
+    hy = (ap > 5.6) & (ap < 8.0) & (dv >= 5.0) & (d < 1.8)
+    put(hy, "HY")
+    put(hy & (d > 0.9), "LHA")
+    put(hy & (dv < 5.6) & (d < 0.5), "PVH")
+    put((ap > 6.0) & (ap < 8.0) & (d < 0.15) & (dv > 3.5), "V3")
+    mb = (ap >= 8.0) & (ap < 9.6) & (depth >= 1.1) & (dv < 5.6)
+    put(mb, "MB")
+    put(mb & (dv < 2.6), "SCs")
+    put(mb & (d < 0.8) & (dv >= 2.6), "PAG")
+    put(mb & (d > 1.6) & (dv > 4.4), "SNr")
+    put((ap >= 8.0) & (ap < 10.2) & (dv >= 5.6), "P")
+    hind = ap >= 9.6
+    put(hind & (dv < 4.8), "CBX")
+    put(hind & (dv < 4.8) & (depth > 2.2) & (d < 2.0), "CBN")
+    put(hind & (dv >= 4.8), "MY")
+    put(hind & (dv >= 4.8) & (ap < 10.2), "P")
+    index_of = {a: i for i, a in enumerate(tree["acronym"])}
+    out = np.zeros(mask.shape, dtype=np.uint32)
+    for acronym in set(label[mask].tolist()):
+        out[label == acronym] = index_of[acronym]
+    return out
+
+
+def boundary(annotation: np.ndarray) -> np.ndarray:
+    """Return 1 where a voxel's label differs from a face neighbour's, else 0 (``uint32``)."""
+    edge = np.zeros(annotation.shape, dtype=bool)
+    for axis in range(3):
+        diff = np.diff(annotation.astype(np.int64), axis=axis) != 0
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis] = slice(0, -1)
+        hi[axis] = slice(1, None)
+        edge[tuple(lo)] |= diff
+        edge[tuple(hi)] |= diff
+    return (edge & (annotation > 0)).astype(np.uint32)
+
+
+def template(annotation: np.ndarray, seed: int = 3) -> np.ndarray:
+    """Return a synthetic average template (``uint16``): tissue contrast by region plus noise."""
+    rng = np.random.default_rng(seed)
+    level = rng.uniform(90, 220, size=int(annotation.max()) + 1)
+    level[0] = 0
+    image = level[annotation] + rng.normal(0, 6, size=annotation.shape) * (annotation > 0)
+    return np.clip(image, 0, 65535).astype(np.uint16)
+
+
+def nii_gz_bytes(volume_xyz_last: np.ndarray, spacing: tuple[float, float, float], scratch: Path) -> bytes:
+    """Encode a volume as ``.nii.gz`` bytes with SimpleITK, gzip'ed with ``mtime=0``.
+
+    Parameters
+    ----------
+    volume_xyz_last : numpy.ndarray
+        The array in SimpleITK order ``[z, y, x]``.
+    spacing : tuple of float
+        Voxel size in mm along x, y, z.
+    scratch : Path
+        A folder for the temporary uncompressed file.
+    """
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(volume_xyz_last)
+    image.SetSpacing(spacing)
+    image.SetOrigin((0.0, 0.0, 0.0))
+    scratch.mkdir(parents=True, exist_ok=True)
+    path = scratch / "volume.nii"
+    sitk.WriteImage(image, str(path), useCompression=False)
+    data = path.read_bytes()
+    path.unlink()
+    return gzip.compress(data, compresslevel=6, mtime=0)
+
+
+def parcellation_tables(tree: pd.DataFrame, annotation: np.ndarray) -> dict[str, pd.DataFrame]:
+    """Return the Allen-CCF-2020 metadata tables (paths below the directory version -> frame).
+
+    One parcellation per structure present in the volume (plus ``unassigned``), with five term
+    sets: organ, category, division, structure, substructure.
+    """
+    indices = np.unique(annotation)
+    counts = np.bincount(annotation.ravel(), minlength=int(indices.max()) + 1)
+    by_id = tree.set_index("id")
+    levels = ("organ", "category", "division", "structure", "substructure")
+    rows = []
+    for idx in indices:
+        if idx == 0:
+            rows.append({lv: ("unassigned", "unassigned", "000000") for lv in levels} | {"index": 0})
+            continue
+        node = tree.iloc[int(idx)]
+        path = [int(p) for p in node["structure_id_path"].strip("/").split("/")]
+
+        def term(sid):
+            return (by_id.at[sid, "acronym"], by_id.at[sid, "name"], by_id.at[sid, "color_hex_triplet"])
+
+        category = next(s for s in path if s in _CATEGORIES)
+        division = next((s for s in reversed(path) if s in _DIVISIONS), category)
+        rows.append({"organ": ("brain", "brain", "FFFFFF"), "category": term(category),
+                     "division": term(division), "structure": term(int(node["id"])),
+                     "substructure": term(int(node["id"])), "index": int(idx)})
+    voxel_mm3 = SPACING_MM ** 3
+    parcellation = pd.DataFrame({
+        "label": [f"AllenCCF-2020-{r['index']:04d}" for r in rows],
+        "parcellation_index": [r["index"] for r in rows],
+        "voxel_count": [int(counts[r["index"]]) for r in rows],
+        "volume_mm3": [round(int(counts[r["index"]]) * voxel_mm3, 6) for r in rows],
+    })
+    term_set = pd.DataFrame({
+        "label": [f"CCF2020_{lv}" for lv in levels], "name": list(levels),
+        "description": [f"The {lv} level of the Allen CCF 2020 parcellation (sample world)."
+                        for lv in levels],
+        "order": range(len(levels)), "parcellation_terminology_label": "CCF2020",
+    })
+    terms = {}
+    for lv_order, lv in enumerate(levels):
+        for r in rows:
+            acronym, name, color = r[lv]
+            key = (lv, acronym)
+            if key not in terms:
+                parent = r[levels[lv_order - 1]][0] if lv_order else ""
+                terms[key] = {"label": f"CCF2020_{lv}_{acronym}", "name": name, "acronym": acronym,
+                              "parcellation_term_set_label": f"CCF2020_{lv}",
+                              "parent_term_label": f"CCF2020_{levels[lv_order - 1]}_{parent}" if parent else "",
+                              "term_set_order": lv_order, "color_hex_triplet": f"#{color}"}
+    term = pd.DataFrame(list(terms.values()))
+    term["term_order"] = term.groupby("term_set_order").cumcount()
+    membership = []
+    for r in rows:
+        for lv_order, lv in enumerate(levels):
+            acronym, name, color = r[lv]
+            membership.append({
+                "parcellation_label": f"AllenCCF-2020-{r['index']:04d}",
+                "parcellation_term_label": f"CCF2020_{lv}_{acronym}",
+                "parcellation_term_set_label": f"CCF2020_{lv}",
+                "parcellation_index": r["index"], "parcellation_term_name": name,
+                "parcellation_term_acronym": acronym, "parcellation_term_set_name": lv,
+                "term_set_order": lv_order, "color_hex_triplet": f"#{color}",
+            })
+    membership = pd.DataFrame(membership)
+    tables = {
+        "parcellation.csv": parcellation,
+        "parcellation_term.csv": term,
+        "parcellation_term_set.csv": term_set,
+        "parcellation_term_set_membership.csv": term[["label", "parcellation_term_set_label",
+                                                      "term_set_order", "term_order"]].rename(
+            columns={"label": "parcellation_term_label"}),
+        "parcellation_to_parcellation_term_membership.csv": membership,
+    }
+    voxels = membership.groupby("parcellation_term_label")["parcellation_index"].apply(
+        lambda s: int(counts[s.to_numpy()].sum()))
+    with_counts = term.copy()
+    with_counts["voxel_count"] = with_counts["label"].map(voxels).fillna(0).astype(int)
+    with_counts["volume_mm3"] = (with_counts["voxel_count"] * voxel_mm3).round(6)
+    tables["views/parcellation_term_with_counts.csv"] = with_counts
+    for field in ("acronym", "name", "color", "red", "green", "blue"):
+        view = pd.DataFrame({"parcellation_index": [r["index"] for r in rows]})
+        for lv in levels:
+            acr_name_color = [r[lv] for r in rows]
+            if field == "acronym":
+                view[lv] = [a for a, _, _ in acr_name_color]
+            elif field == "name":
+                view[lv] = [n for _, n, _ in acr_name_color]
+            elif field == "color":
+                view[lv] = [f"#{c}" for _, _, c in acr_name_color]
+            else:
+                channel = {"red": 0, "green": 1, "blue": 2}[field]
+                view[lv] = [int(c.zfill(6)[2 * channel:2 * channel + 2], 16) for _, _, c in acr_name_color]
+        tables[f"views/parcellation_to_parcellation_term_membership_{field}.csv"] = view
+    return tables
+
+
+def division_of_index(tree: pd.DataFrame, annotation: np.ndarray) -> dict[int, str]:
+    """Return the division acronym (``Isocortex``, ``TH``, ``lfbs``...) of each index present."""
+    out = {}
+    for idx in np.unique(annotation):
+        if idx == 0:
+            continue
+        path = [int(p) for p in tree.iloc[int(idx)]["structure_id_path"].strip("/").split("/")]
+        out[int(idx)] = next((_DIVISIONS[s] for s in reversed(path) if s in _DIVISIONS), "lfbs")
+    return out
+
+
+#: AP positions (mm) of the 8 MERFISH sections and their real-style labels.
+SECTIONS = tuple((f"C57BL6J-638850.{n:02d}", ap) for n, ap in
+                 zip((5, 12, 21, 30, 38, 46, 54, 62), (1.9, 3.3, 4.5, 5.7, 6.9, 8.1, 9.3, 10.5), strict=True))
