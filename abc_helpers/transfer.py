@@ -254,8 +254,10 @@ def _fetch_once(
         expected_body = int(expected_body) if expected_body is not None else None
         total = (offset + expected_body) if expected_body is not None else size
         if bar is not None:
-            bar.reset(total=total)
-            bar.update(offset)
+            if bar.total != total or bar.n:
+                bar.reset(total=total)
+            if offset:
+                bar.update(offset)
         hasher = None
         if algorithm:
             threaded = expected_body is None or expected_body >= THREADED_HASH_MIN_BYTES
@@ -464,9 +466,8 @@ def download_many(
                     on_done(jobs[i], results[i])
     finally:
         if bar is not None:
-            if total is not None and not failures:
+            if total is not None and not failures and bar.n != total:
                 bar.n = total  # top up: resumed or skipped files did not stream every byte
-                bar.refresh()
             bar.close()
     if failures:
         raise DownloadError(f"{len(failures)} of {len(jobs)} downloads failed:\n- " + "\n- ".join(failures))

@@ -1,0 +1,125 @@
+"""The rendered book in a real browser: every chapter renders, shows its figures, has no errors.
+
+The book is built from the notebooks' stored outputs (no execution: `make book` executes them) into a
+temporary folder, served on loopback, and opened in headless Chromium (Debian's ``chromium`` and
+``chromium-driver``). Screenshots of each chapter go to ``_build/screenshots/``.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="headless Chromium is not installed (apt-get install chromium chromium-driver); "
+           "the browser test of the rendered book is skipped",
+)
+
+
+def _chapters() -> list[str]:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+    for part in toc.get("parts", []):
+        files += [c["file"] for c in part.get("chapters", [])]
+    return files
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """Build the book from stored outputs into a temporary folder; return its html folder."""
+    out = tmp_path_factory.mktemp("book")
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    config["execute"]["execute_notebooks"] = "off"
+    (out / "_config.yml").write_text(yaml.safe_dump(config))
+    cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(ROOT),
+           "--path-output", str(out), "--config", str(out / "_config.yml")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out / "_build" / "html"
+
+
+@pytest.fixture(scope="module")
+def base_url(site):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1280,1600"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def _page(chapter: str) -> str:
+    return chapter.rsplit(".", 1)[0] + ".html"
+
+
+@pytest.mark.parametrize("chapter", _chapters())
+def test_chapter_renders_in_chromium(chapter, base_url, browser):
+    """Title, figures loaded with a real size, no error output outside cells meant to raise."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{base_url}/{_page(chapter)}")
+    titles = browser.find_elements(By.CSS_SELECTOR, "main h1, article h1")
+    assert titles and titles[0].text.strip(), f"{chapter}: no title"
+    errors = browser.execute_script("""
+        return Array.from(document.querySelectorAll('.output.traceback, .output.error, div.output_error, .cell_output .traceback'))
+          .filter(el => !el.closest('.tag_raises-exception'))
+          .map(el => el.innerText.slice(0, 300));
+    """)
+    assert errors == [], f"{chapter}: error output {errors}"
+    text = browser.find_element(By.TAG_NAME, "main").text
+    assert "Traceback (most recent call last)" not in text or browser.find_elements(
+        By.CSS_SELECTOR, ".tag_raises-exception"), f"{chapter}: a traceback outside raises-exception cells"
+    images = browser.execute_script("""
+        return Array.from(document.querySelectorAll('main img')).map(img => [img.src, img.complete, img.naturalWidth, img.naturalHeight]);
+    """)
+    for src, complete, width, height in images:
+        assert complete and width > 0 and height > 0, f"{chapter}: image not loaded: {src[:80]}"
+    if chapter.endswith(".ipynb"):
+        assert images, f"{chapter}: a chapter without a single figure"
+    shots = ROOT / "_build" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    height = browser.execute_script("return document.body.scrollHeight")
+    browser.set_window_size(1280, min(max(height, 800), 16000))
+    browser.save_screenshot(str(shots / (Path(chapter).stem + ".png")))
+    browser.set_window_size(1280, 1600)
+
+
+def test_navigation_reaches_every_chapter(base_url, browser):
+    """The sidebar of the first page links to every chapter, and each link loads."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{base_url}/{_page(_chapters()[0])}")
+    links = {a.get_attribute("href").split("#")[0]
+             for a in browser.find_elements(By.CSS_SELECTOR, "nav a.reference.internal, .bd-sidebar a")}
+    for chapter in _chapters()[1:]:
+        assert any(link.endswith(_page(chapter)) for link in links), f"no navigation link to {chapter}"
