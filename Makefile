@@ -18,7 +18,7 @@ venv: $(STAMP)
 ## Build the book, executing every notebook against the sample world (a failing cell fails the build).
 book: $(STAMP)
 	$(PY) -m abc_helpers.sample build
-	$(VENV)/bin/jupyter-book build . --warningiserror --nitpicky --keep-going
+	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
 	@echo "Book: $(CURDIR)/_build/html/index.html"
 
 ## Run every test, including nbval over the stored outputs of book/*.ipynb.

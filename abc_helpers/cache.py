@@ -340,7 +340,7 @@ class AbcProjectCache:
             return
         with FileLock(str(self._record_path()) + ".lock"):
             record = self._read_record()
-            for a, h in zip(attrs, hashes):
+            for a, h in zip(attrs, hashes, strict=False):
                 record[a.relative_path] = h
             tmp = self._record_path().with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps(record, indent=1, sort_keys=True))

@@ -504,7 +504,7 @@ def list_objects(bucket_url: str, prefix: str = "", timeout: tuple[float, float]
     session = get_session()
     out: list[dict] = []
     token = None
-    for attempt in range(1000):  # 1000 pages of 1000 keys
+    for _attempt in range(1000):  # 1000 pages of 1000 keys
         params = {"list-type": "2", "prefix": prefix}
         if token:
             params["continuation-token"] = token

@@ -88,8 +88,9 @@ def test_chapter_renders_in_chromium(chapter, base_url, browser):
     from selenium.webdriver.common.by import By
 
     browser.get(f"{base_url}/{_page(chapter)}")
-    titles = browser.find_elements(By.CSS_SELECTOR, "main h1, article h1")
-    assert titles and titles[0].text.strip(), f"{chapter}: no title"
+    title = browser.execute_script(
+        "const h = document.querySelector('article h1'); return h ? h.textContent : '';")
+    assert title.strip("# \n"), f"{chapter}: no title"
     errors = browser.execute_script("""
         return Array.from(document.querySelectorAll('.output.traceback, .output.error, div.output_error, .cell_output .traceback'))
           .filter(el => !el.closest('.tag_raises-exception'))
