@@ -17,6 +17,14 @@ from .manifest import (
     compare_manifests,
     format_size,
 )
+from .neuropixels import (
+    VbnEcephysSession,
+    VbnProjectCache,
+    generate_all_download_urls_from_manifest,
+    get_behavior_session_url,
+    get_manifest_url,
+    get_metadata_url,
+)
 from .sources import Source, get_source
 from .transfer import DownloadError, DownloadJob, download, download_many, file_hash, list_objects
 
@@ -34,11 +42,17 @@ __all__ = [
     "OutdatedManifestWarning",
     "ReadOnlyLocalCacheWarning",
     "Source",
+    "VbnEcephysSession",
+    "VbnProjectCache",
     "compare_manifests",
     "download",
     "download_many",
     "file_hash",
     "format_size",
+    "generate_all_download_urls_from_manifest",
+    "get_behavior_session_url",
+    "get_manifest_url",
+    "get_metadata_url",
     "get_source",
     "list_objects",
 ]

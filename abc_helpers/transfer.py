@@ -82,16 +82,33 @@ class DownloadJob:
     force: bool = False
 
 
+class _Session(requests.Session):
+    """A session that checks every redirect target like the first URL: a redirect cannot
+    downgrade a transfer to plain HTTP on a host that is neither loopback nor a named mirror."""
+
+    def get_redirect_target(self, resp: requests.Response) -> str | None:
+        target = super().get_redirect_target(resp)
+        if target:
+            from urllib.parse import urljoin
+
+            check_url_allowed(urljoin(resp.url, target))  # ValueError: refused
+        return target
+
+
 def get_session() -> requests.Session:
     """Return the package's shared :class:`requests.Session` (connection pool for 32 hosts/threads)."""
     global _session
     with _session_lock:
         if _session is None:
-            session = requests.Session()
+            session = _Session()
             adapter = HTTPAdapter(pool_connections=8, pool_maxsize=32, max_retries=0)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             session.headers["User-Agent"] = "abc_helpers"
+            # Reading proxy settings and ~/.netrc on every request costs ~1.5 ms each; skip it
+            # when no proxy is configured (public buckets need no credentials).
+            if not any(k.lower().endswith("_proxy") for k in os.environ):
+                session.trust_env = False
             _session = session
         return _session
 
@@ -229,6 +246,8 @@ def _fetch_once(
         response = session.get(url, headers=headers, stream=True, timeout=_timeout())
     except (requests.ConnectionError, requests.Timeout) as error:
         raise _Retryable(f"connection failed ({type(error).__name__}: {error})") from error
+    except ValueError as error:  # a redirect to a URL that check_url_allowed refuses
+        raise DownloadError(f"redirected to a refused URL: {error}") from None
     with response:
         status = response.status_code
         if status == 416 and offset:
@@ -266,9 +285,12 @@ def _fetch_once(
         try:
             with open(part, "ab" if resumed else "wb") as out:
                 raw = response.raw
+                # read1 returns what has arrived instead of waiting for a full chunk: a time-out or a
+                # reset then loses nothing already received (read(n) drops its partial buffer).
+                read = getattr(raw, "read1", None) or raw.read
                 while True:
                     try:
-                        chunk = raw.read(CHUNK_SIZE, decode_content=False)
+                        chunk = read(CHUNK_SIZE, decode_content=False)
                     except Exception as error:  # urllib3 ProtocolError, ReadTimeoutError, ...
                         raise _Retryable(f"connection broken after {offset + received} bytes "
                                          f"({type(error).__name__})") from error

@@ -1,0 +1,713 @@
+"""``VbnProjectCache``: the Visual Behavior Neuropixels manifests, metadata tables and session files.
+
+The calls and the folder layout follow the AllenSDK's ``VisualBehaviorNeuropixelsProjectCache``
+(which pins numpy < 1.24 and cannot share an environment with anndata or numpy 2)::
+
+    <cache_dir>/visual-behavior-neuropixels_project_manifest_v0.3.0.json   the manifests
+    <cache_dir>/_manifest_last_used.txt                                     the manifest used last
+    <cache_dir>/_downloaded_data.json           {path relative to cache_dir: blake2b} of verified files
+    <cache_dir>/visual-behavior-neuropixels-0.3.0/project_metadata/units.csv
+    <cache_dir>/visual-behavior-neuropixels-0.3.0/project_metadata/units.<hash>.parquet   parsed table
+    <cache_dir>/visual-behavior-neuropixels-0.3.0/behavior_ecephys_sessions/<id>/ecephys_session_<id>.nwb
+
+Differences from the SDK: a table is downloaded when first asked for (not all five at start-up);
+the parsed table is cached as parquet beside its CSV, keyed by the CSV's hash, so the next load
+skips parsing; a file unchanged between two manifest versions is **hard-linked** from the version
+that already has it (a real file on both paths: deleting the old version folder cannot break the
+new one, and no symlink privileges are needed on Windows; a copy if the folder cannot hold hard
+links); the download record stores paths relative to *cache_dir*, so the folder can move.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import re
+import shutil
+import warnings
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import pandas as pd
+from filelock import FileLock
+
+from .cache import OutdatedManifestWarning
+from .sources import Source, get_source
+from .transfer import download, file_hash, list_objects
+
+LOGGER = logging.getLogger("abc_helpers")
+
+__all__ = [
+    "VbnProjectCache",
+    "VbnEcephysSession",
+    "OutdatedManifestWarning",
+    "get_manifest_url",
+    "get_metadata_url",
+    "get_behavior_session_url",
+    "generate_all_download_urls_from_manifest",
+]
+
+PROJECT_NAME = "visual-behavior-neuropixels"
+BUCKET = "visual-behavior-neuropixels-data"
+MANIFEST_PREFIX = f"{PROJECT_NAME}/manifests/"
+TABLE_NAMES = ("ecephys_sessions", "behavior_sessions", "probes", "channels", "units")
+#: The index column of each table, as the SDK sets it.
+INDEX_COLUMNS = {"ecephys_sessions": "ecephys_session_id", "behavior_sessions": "behavior_session_id",
+                 "probes": "ecephys_probe_id", "channels": "ecephys_channel_id", "units": "unit_id"}
+#: Columns the SDK casts to pandas' nullable ``Int64`` (session tables only), when present.
+INTEGER_COLUMNS = ("prior_exposures_to_image_set", "ecephys_session_id", "unit_count", "probe_count",
+                   "channel_count")
+#: Columns kept as text (the Arrow CSV reader would otherwise parse the dates).
+_TEXT_COLUMNS = ("date_of_acquisition", "structure_acronyms", "abnormal_histology", "abnormal_activity")
+#: pandas' default missing-value markers, so the fast reader agrees with ``pandas.read_csv``.
+_NA_VALUES = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+              "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
+_MANIFEST_RE = re.compile(r".*_manifest_v(\d+)\.(\d+)\.(\d+)\.json$")
+_RECORD = "_downloaded_data.json"
+_LAST_USED = "_manifest_last_used.txt"
+_UI = "VbnProjectCache"
+
+
+# -- direct links (the seed notebook's helpers) -------------------------------------------------
+def _object_url(key: str, source: str | Source | None, version_id: str | None = None) -> str:
+    return get_source(source).object_url(BUCKET, key, version_id=version_id)
+
+
+def get_manifest_url(manifest_version: str, source: str | Source | None = None) -> str:
+    """Return the URL of the manifest of *manifest_version* (e.g. ``'0.1.0'``).
+
+    Parameters
+    ----------
+    manifest_version : str
+        ``'x.y.z'``.
+    source : str, Source or None
+        ``"aws"`` (the real https URL), ``"sample"`` or a mirror; None reads ``ABC_HELPERS_SOURCE``.
+
+    Examples
+    --------
+    >>> get_manifest_url("0.1.0", source="aws")  # doctest: +NORMALIZE_WHITESPACE
+    'https://visual-behavior-neuropixels-data.s3.us-west-2.amazonaws.com/visual-behavior-neuropixels/manifests/visual-behavior-neuropixels_project_manifest_v0.1.0.json'
+    """
+    return _object_url(f"{MANIFEST_PREFIX}{PROJECT_NAME}_project_manifest_v{manifest_version}.json", source)
+
+
+def get_metadata_url(metadata_table_name: str, source: str | Source | None = None) -> str:
+    """Return the URL of a metadata table (``'units'``, ``'behavior_sessions'``, ...), latest version.
+
+    Examples
+    --------
+    >>> get_metadata_url("behavior_sessions", source="aws")  # doctest: +NORMALIZE_WHITESPACE
+    'https://visual-behavior-neuropixels-data.s3.us-west-2.amazonaws.com/visual-behavior-neuropixels/project_metadata/behavior_sessions.csv'
+    """
+    name = metadata_table_name.removesuffix(".csv")
+    if name not in TABLE_NAMES:
+        raise KeyError(f"Unknown VBN metadata table '{metadata_table_name}': use one of {list(TABLE_NAMES)}.")
+    return _object_url(f"{PROJECT_NAME}/project_metadata/{name}.csv", source)
+
+
+def get_behavior_session_url(ecephys_session_id: int, source: str | Source | None = None) -> str:
+    """Return the URL of the NWB file of an ecephys session (latest version).
+
+    The seed notebook's helper builds ``ecephys_sessions/ecephys_session_<id>.nwb``, a layout the
+    bucket no longer uses; this returns the path the files really have,
+    ``behavior_ecephys_sessions/<id>/ecephys_session_<id>.nwb``.
+
+    Examples
+    --------
+    >>> get_behavior_session_url(1052533639, source="aws")  # doctest: +NORMALIZE_WHITESPACE
+    'https://visual-behavior-neuropixels-data.s3.us-west-2.amazonaws.com/visual-behavior-neuropixels/behavior_ecephys_sessions/1052533639/ecephys_session_1052533639.nwb'
+    """
+    sid = int(ecephys_session_id)
+    return _object_url(f"{PROJECT_NAME}/behavior_ecephys_sessions/{sid}/ecephys_session_{sid}.nwb", source)
+
+
+def _relative_key(url: str) -> str:
+    """The bucket key of a manifest ``url`` (its path), whatever host it names."""
+    return urlsplit(url).path.lstrip("/")
+
+
+def generate_all_download_urls_from_manifest(manifest_path: str | os.PathLike,
+                                             source: str | Source | None = None) -> list[str]:
+    """Return a versioned download URL (``...?versionId=...``) for every file a manifest lists.
+
+    The URL is built from *source* and each entry's relative path and ``version_id`` (never from the
+    absolute ``url`` in the manifest), metadata files first, then data files, as in the seed.
+
+    Parameters
+    ----------
+    manifest_path : str or PathLike
+        A downloaded manifest JSON.
+    source : str, Source or None
+        Where the links should point; ``"aws"`` gives the real https links.
+    """
+    manifest = json.loads(Path(manifest_path).read_text())
+    src = get_source(source)
+    entries = list(manifest["metadata_files"].values()) + list(manifest["data_files"].values())
+    return [src.object_url(BUCKET, _relative_key(e["url"]), version_id=e["version_id"]) for e in entries]
+
+
+# -- manifests --------------------------------------------------------------------------------
+def _version_of(name: str) -> tuple[int, int, int]:
+    match = _MANIFEST_RE.match(name)
+    if not match:
+        raise ValueError(f"'{name}' is not a VBN manifest name (expected "
+                         f"'{PROJECT_NAME}_project_manifest_v<x.y.z>.json').")
+    return tuple(int(g) for g in match.groups())
+
+
+def _latest(names: list[str]) -> str | None:
+    return max(names, key=_version_of) if names else None
+
+
+def _file_map(manifest: dict) -> tuple[dict[str, str], dict[str, str]]:
+    """``({relative path without the project folder: hash})`` for metadata files and data files."""
+    def strip(url: str) -> str:
+        return _relative_key(url).split("/", 1)[1]
+
+    return ({strip(e["url"]): e["file_hash"] for e in manifest["metadata_files"].values()},
+            {strip(e["url"]): e["file_hash"] for e in manifest["data_files"].values()})
+
+
+def _diff(old: dict[str, str], new: dict[str, str]) -> list[tuple[str, str]]:
+    """The SDK's change list: changed, renamed, deleted, created."""
+    changes, renamed_to = [], set()
+    for fname, h0 in old.items():
+        if fname in new:
+            if new[fname] != h0:
+                changes.append((fname, f"{fname} changed"))
+            continue
+        twins = [f for f, h in new.items() if h == h0 and f not in old]
+        if twins:
+            renamed_to.add(twins[0])
+            changes.append((fname, f"{fname} renamed {twins[0]}"))
+        else:
+            changes.append((fname, f"{fname} deleted"))
+    changes += [(f, f"{f} created") for f in new if f not in old and f not in renamed_to]
+    return changes
+
+
+class VbnProjectCache:
+    """Visual Behavior Neuropixels manifests, tables and session files in a local cache folder.
+
+    Build it with :meth:`from_s3_cache` (downloads as needed) or :meth:`from_local_cache`
+    (offline: only what is already in *cache_dir*). On start it loads the manifest used last in
+    this folder (warning with :class:`OutdatedManifestWarning` if a newer one exists), or the
+    newest; nothing else is downloaded until a table or a session is asked for.
+
+    Parameters
+    ----------
+    cache_dir : str or Path
+        The cache folder (created if needed).
+    source : str, Source or None
+        ``"aws"``, ``"sample"`` or a mirror URL (:func:`abc_helpers.get_source`); None reads
+        ``ABC_HELPERS_SOURCE`` and falls back to ``"aws"``.
+    local : bool
+        Offline mode: list and use only manifests and files already downloaded.
+    progressbar : bool
+        Show a tqdm bar per download.
+    """
+
+    PROJECT_NAME = PROJECT_NAME
+    BUCKET_NAME = BUCKET
+
+    def __init__(self, cache_dir: str | Path, source: str | Source | None = None, local: bool = False,
+                 progressbar: bool = True) -> None:
+        self._cache_dir = Path(cache_dir).expanduser().resolve()
+        self.local = local
+        self.progressbar = progressbar
+        self._source_arg = source
+        self._source: Source | None = None if local else get_source(source)
+        if local and not self._cache_dir.is_dir():
+            raise FileNotFoundError(f"Local cache folder '{self._cache_dir}' does not exist: give a folder "
+                                    "that VbnProjectCache.from_s3_cache has filled.")
+        self._cache_dir.mkdir(parents=True, exist_ok=True)
+        self._remote: list[str] | None = None
+        self._manifest: dict | None = None
+        self._manifest_name: str | None = None
+        self._warned: set[str] = set()
+        self._load_last_manifest()
+
+    @classmethod
+    def from_s3_cache(cls, cache_dir: str | Path, source: str | Source | None = None,
+                      **kwargs) -> VbnProjectCache:
+        """A cache that downloads from *source* (default ``ABC_HELPERS_SOURCE`` or ``"aws"``)."""
+        return cls(cache_dir, source=source, **kwargs)
+
+    @classmethod
+    def from_local_cache(cls, cache_dir: str | Path, **kwargs) -> VbnProjectCache:
+        """An offline cache over a folder already filled by :meth:`from_s3_cache`."""
+        return cls(cache_dir, local=True, **kwargs)
+
+    @property
+    def cache_dir(self) -> Path:
+        """The cache folder (absolute)."""
+        return self._cache_dir
+
+    @property
+    def source(self) -> Source | None:
+        """Where files come from (None for a local cache)."""
+        return self._source
+
+    def __repr__(self) -> str:
+        return (f"{_UI}(cache_dir='{self._cache_dir}', source='{self._source or 'local'}', "
+                f"manifest='{self._manifest_name}')")
+
+    # -- listing ---------------------------------------------------------------------------------
+    def list_manifest_file_names(self) -> list[str]:
+        """Return the names of every manifest available (from the source; offline: downloaded)."""
+        if self.local:
+            return self.list_all_downloaded_manifests()
+        objects = list_objects(self._source.bucket_url(BUCKET), MANIFEST_PREFIX)
+        names = [Path(o["key"]).name for o in objects]
+        self._remote = sorted(n for n in names if _MANIFEST_RE.match(n))
+        return list(self._remote)
+
+    def _available(self) -> list[str]:
+        return list(self._remote) if self._remote is not None else self.list_manifest_file_names()
+
+    def latest_manifest_file(self) -> str:
+        """Return the name of the newest manifest available (by version number)."""
+        latest = _latest(self._available())
+        if latest is None:
+            where = f"'{self._cache_dir}'" if self.local else f"{self._source.bucket_url(BUCKET)}{MANIFEST_PREFIX}"
+            raise FileNotFoundError(f"No VBN manifest found in {where}. Check the data source (or, "
+                                    "offline, that the cache folder was filled by from_s3_cache).")
+        return latest
+
+    def list_all_downloaded_manifests(self) -> list[str]:
+        """Return the names of the manifests already in *cache_dir*."""
+        return sorted(p.name for p in self._cache_dir.glob("*_manifest_v*.json") if _MANIFEST_RE.match(p.name))
+
+    def latest_downloaded_manifest_file(self) -> str | None:
+        """Return the newest manifest already downloaded, or None."""
+        return _latest(self.list_all_downloaded_manifests())
+
+    @property
+    def manifest(self) -> dict:
+        """The manifest in use, as parsed JSON (``metadata_files``, ``data_files``, ...)."""
+        return self._manifest
+
+    def current_manifest(self) -> str | None:
+        """Return the name of the manifest in use."""
+        return self._manifest_name
+
+    # -- loading ---------------------------------------------------------------------------------
+    def _check_name(self, name: str) -> str:
+        available = self._available()
+        if name not in available:
+            raise ValueError(f"'{name}' is not a manifest of this dataset. Valid names: {available}. "
+                             f"Use {_UI}.list_manifest_file_names() to see them.")
+        return name
+
+    def _read_manifest(self, name: str) -> dict:
+        """Download (once) and parse the manifest *name*, without making it current."""
+        path = self._cache_dir / name
+        if not path.exists():
+            if self.local:
+                raise FileNotFoundError(f"Manifest '{name}' is not in the local cache '{self._cache_dir}'.")
+            download(self._source.object_url(BUCKET, MANIFEST_PREFIX + name), path, progressbar=False)
+        manifest = json.loads(path.read_text())
+        missing = [k for k in ("project_name", "manifest_version", "metadata_file_id_column_name",
+                               "data_pipeline", "metadata_files", "data_files") if k not in manifest]
+        if missing:
+            raise ValueError(f"Manifest '{path}' lacks the keys {missing}: it is not a VBN project "
+                             "manifest. Delete it and load it again.")
+        return manifest
+
+    def _use(self, name: str) -> None:
+        self._manifest = self._read_manifest(name)
+        self._manifest_name = name
+        if not self.local:
+            tmp = self._cache_dir / f"{_LAST_USED}.{os.getpid()}.tmp"
+            tmp.write_text(name)
+            os.replace(tmp, self._cache_dir / _LAST_USED)
+
+    def load_manifest(self, manifest_name: str) -> None:
+        """Use the manifest *manifest_name* (a dataset version), remembered for the next session.
+
+        Warns once with :class:`OutdatedManifestWarning` (the SDK's text) if a newer one exists.
+        """
+        name = self._check_name(manifest_name)
+        latest = self.latest_manifest_file()
+        if name != latest and latest not in self._warned:
+            self._warned.add(latest)
+            warnings.warn(
+                "\n\nThe manifest file you are loading is not the most up to date manifest file "
+                "available for this dataset. The most up to data manifest file available for this "
+                f"dataset is \n\n{latest}\n\nTo see the differences between these manifests,run\n\n"
+                f"{_UI}.compare_manifests('{name}', '{latest}')\n\nTo see all of the manifest files "
+                "currently downloaded onto your local system, run\n\n"
+                "self.list_all_downloaded_manifests()\n\nIf you just want to load the latest "
+                "manifest, run\n\nself.load_latest_manifest()\n\n",
+                OutdatedManifestWarning, stacklevel=2)
+        self._use(name)
+
+    def load_latest_manifest(self) -> None:
+        """Use the newest manifest; warns if you were working with an older one."""
+        latest = self.latest_manifest_file()
+        previous = self.latest_downloaded_manifest_file()
+        if previous is not None and _version_of(previous) < _version_of(latest):
+            warnings.warn(
+                f"You are loading\n{latest}\nwhich is newer than the most recent manifest file you "
+                f"have previously been working with\n{previous}\nIt is possible that some data files "
+                "have changed between these two data releases, which will force you to re-download "
+                "those data files (currently downloaded files will not be overwritten). To continue "
+                f"using {previous}, run\n{_UI}.load_manifest('{previous}')",
+                OutdatedManifestWarning, stacklevel=2)
+        self._use(latest)
+
+    def _load_last_manifest(self) -> None:
+        record = self._cache_dir / _LAST_USED
+        name = record.read_text().strip() if record.exists() else None
+        if not name:
+            self.load_latest_manifest()
+            return
+        if name not in self._available():
+            warnings.warn(f"The manifest version recorded as last used for this cache -- {name}-- is "
+                          "not a valid manifest for this dataset. Loading latest version -- "
+                          f"{self.latest_manifest_file()} -- instead.", UserWarning, stacklevel=3)
+            self.load_latest_manifest()
+            return
+        latest = self.latest_manifest_file()
+        if name != latest:
+            self._warned.add(latest)
+            warnings.warn(
+                f"You are loading {name}. A more up to date version of the dataset -- {latest} -- "
+                "exists online. To see the changes between the two versions of the dataset, run\n"
+                f"{_UI}.compare_manifests('{name}', '{latest}')\nTo load another version of the "
+                f"dataset, run\n{_UI}.load_manifest('{latest}')",
+                OutdatedManifestWarning, stacklevel=4)
+        self._use(name)
+
+    def compare_manifests(self, manifest_0_name: str, manifest_1_name: str) -> str:
+        """Return the SDK's readable summary of what changed going from one manifest to another.
+
+        Examples of lines: ``project_metadata/units.csv changed``, ``... created``, ``... deleted``,
+        ``... renamed <new path>``; ``'The two manifests are equivalent'`` if nothing changed.
+        """
+        m0 = self._read_manifest(self._check_name(manifest_0_name))
+        m1 = self._read_manifest(self._check_name(manifest_1_name))
+        (meta0, data0), (meta1, data1) = _file_map(m0), _file_map(m1)
+        meta, data = sorted(_diff(meta0, meta1)), sorted(_diff(data0, data1))
+        if not meta and not data:
+            return "The two manifests are equivalent"
+        msg = f"Changes going from\n{manifest_0_name}\nto\n{manifest_1_name}\n\n"
+        return msg + "".join(f"{line}\n" for _, line in meta + data)
+
+    # -- files -------------------------------------------------------------------------------------
+    def _local_rel(self, entry: dict) -> str:
+        """``<project>-<version>/<path below the project folder>``, the SDK's local layout."""
+        below = _relative_key(entry["url"]).split("/", 1)[1]
+        return f"{self._manifest['project_name']}-{self._manifest['manifest_version']}/{below}"
+
+    def _read_record(self) -> dict[str, str]:
+        path = self._cache_dir / _RECORD
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def _record(self, rel: str, hexdigest: str) -> None:
+        if self.local:
+            return
+        path = self._cache_dir / _RECORD
+        with FileLock(str(path) + ".lock"):
+            record = self._read_record()
+            record[rel] = hexdigest
+            tmp = path.with_name(f"{_RECORD}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+            os.replace(tmp, path)
+
+    @staticmethod
+    def _link(src: Path, dst: Path) -> None:
+        """Put a hard link to *src* at *dst* atomically (a copy where hard links are refused)."""
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f"{dst.name}.{os.getpid()}.link")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+
+    def _fetch(self, entry: dict) -> Path:
+        """Return the local path of a manifest entry: recorded, reused from another version, or
+        downloaded (verified with its blake2b hash)."""
+        rel = self._local_rel(entry)
+        path = self._cache_dir / rel
+        expected = entry["file_hash"].lower()
+        record = self._read_record()
+        if path.is_file():
+            if record.get(rel) == expected:
+                return path
+            if file_hash(path, "blake2b") == f"blake2b:{expected}":  # present but unrecorded
+                self._record(rel, expected)
+                return path
+            if self.local:
+                raise OSError(f"'{path}' does not match its manifest hash; run from_s3_cache to fetch it again.")
+            LOGGER.warning("'%s' does not match its manifest hash: downloading it again.", path)
+            path.unlink()
+        for other, digest in record.items():
+            source = self._cache_dir / other
+            if digest == expected and source.is_file():
+                LOGGER.info("Reusing '%s' for '%s' (same blake2b).", other, rel)
+                self._link(source, path)
+                for parsed in source.parent.glob(f"{source.stem}.{expected[:16]}.parquet"):
+                    self._link(parsed, path.parent / f"{path.stem}.{expected[:16]}.parquet")
+                self._record(rel, expected)
+                return path
+        if self.local:
+            raise FileNotFoundError(f"'{rel}' is not in the local cache '{self._cache_dir}'. Use "
+                                    f"{_UI}.from_s3_cache to download it.")
+        url = self._source.object_url(BUCKET, _relative_key(entry["url"]), version_id=entry["version_id"])
+        download(url, path, known_hash=f"blake2b:{expected}", progressbar=self.progressbar, desc=path.name)
+        self._record(rel, expected)
+        return path
+
+    def _metadata_entry(self, name: str) -> dict:
+        try:
+            return self._manifest["metadata_files"][name]
+        except KeyError:
+            raise KeyError(f"Manifest '{self._manifest_name}' has no metadata file '{name}': it lists "
+                           f"{sorted(self._manifest['metadata_files'])}.") from None
+
+    def get_metadata_path(self, metadata_table_name: str) -> Path:
+        """Download (once) a metadata CSV of the current manifest and return its local path."""
+        return self._fetch(self._metadata_entry(metadata_table_name.removesuffix(".csv")))
+
+    # -- tables ------------------------------------------------------------------------------------
+    def _table(self, name: str) -> pd.DataFrame:
+        """Load a table: from its parquet cache if there is one, else parse the CSV and write it.
+
+        The cache holds the parsed (untyped, unindexed) Arrow table, written without statistics or
+        compression so that writing it costs little; typing and indexing run on every load.
+        """
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        entry = self._metadata_entry(name)
+        path = self._fetch(entry)
+        parsed = path.with_name(f"{path.stem}.{entry['file_hash'].lower()[:16]}.parquet")
+        if parsed.is_file():
+            try:
+                return _to_frame(pq.read_table(parsed, memory_map=True), name)
+            except (OSError, pa.ArrowException) as error:  # damaged: parse the CSV again
+                LOGGER.warning("Ignoring unreadable table cache '%s' (%s).", parsed, error)
+        table = _read_csv_arrow(path)
+        tmp = parsed.with_name(f"{parsed.name}.{os.getpid()}.tmp")
+        try:
+            strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
+            pq.write_table(table, tmp, use_dictionary=strings, write_statistics=False, compression="none")
+            os.replace(tmp, parsed)
+        except OSError as error:  # a read-only folder: serve the table anyway
+            tmp.unlink(missing_ok=True)
+            LOGGER.warning("Could not cache the parsed table at '%s' (%s).", parsed, error)
+        return _to_frame(table, name)
+
+    def get_ecephys_session_table(self, filter_abnormalities: bool = True) -> pd.DataFrame:
+        """Return the ecephys sessions, indexed by ``ecephys_session_id`` (nullable ``Int64``).
+
+        Parameters
+        ----------
+        filter_abnormalities : bool
+            Drop sessions with abnormal histology or abnormal activity (the SDK's default).
+        """
+        df = self._table("ecephys_sessions")
+        if filter_abnormalities:
+            df = df[df["abnormal_histology"].isna() & df["abnormal_activity"].isna()]
+        return df
+
+    def get_behavior_session_table(self) -> pd.DataFrame:
+        """Return every behavior session (training, habituation, ecephys), indexed by ``behavior_session_id``."""
+        return self._table("behavior_sessions")
+
+    def get_probe_table(self) -> pd.DataFrame:
+        """Return the probes, indexed by ``ecephys_probe_id``."""
+        return self._table("probes")
+
+    def get_channel_table(self) -> pd.DataFrame:
+        """Return the channels, indexed by ``ecephys_channel_id``."""
+        return self._table("channels")
+
+    def get_unit_table(self) -> pd.DataFrame:
+        """Return the units, indexed by ``unit_id``."""
+        return self._table("units")
+
+    # -- sessions ----------------------------------------------------------------------------------
+    def get_ecephys_session_path(self, ecephys_session_id: int) -> Path:
+        """Download (once) the NWB file of an ecephys session and return its local path."""
+        sessions = self.get_ecephys_session_table(filter_abnormalities=False)
+        sid = int(ecephys_session_id)
+        if sid not in sessions.index:
+            raise KeyError(f"No ecephys session {sid} in {self._manifest_name}; see "
+                           "get_ecephys_session_table(filter_abnormalities=False).index.")
+        file_id = sessions.loc[sid, self._manifest["metadata_file_id_column_name"]]
+        entry = None if pd.isna(file_id) else self._manifest["data_files"].get(str(int(file_id)))
+        if entry is None:
+            have = sorted(int(i) for i in sessions.index
+                          if str(sessions.loc[i, "file_id"]) in self._manifest["data_files"])
+            raise FileNotFoundError(f"Ecephys session {sid} (file_id {file_id}) has no NWB file in "
+                                    f"{self._manifest_name}. Sessions with a file: {have}.")
+        return self._fetch(entry)
+
+    def get_ecephys_session(self, ecephys_session_id: int) -> VbnEcephysSession:
+        """Download (once) and open the NWB file of an ecephys session with pynwb."""
+        return VbnEcephysSession(self.get_ecephys_session_path(ecephys_session_id))
+
+    # -- direct links --------------------------------------------------------------------------------
+    def _link_source(self) -> Source:
+        return self._source if self._source is not None else get_source("aws")
+
+    def get_manifest_url(self, manifest_version: str) -> str:
+        """Return the URL of a manifest version (from this cache's source)."""
+        return get_manifest_url(manifest_version, self._link_source())
+
+    def get_metadata_url(self, metadata_table_name: str) -> str:
+        """Return the URL of a metadata table's latest version (from this cache's source)."""
+        return get_metadata_url(metadata_table_name, self._link_source())
+
+    def get_behavior_session_url(self, ecephys_session_id: int) -> str:
+        """Return the URL of an ecephys session's NWB file (from this cache's source)."""
+        return get_behavior_session_url(ecephys_session_id, self._link_source())
+
+    def generate_all_download_urls_from_manifest(self, manifest_path: str | os.PathLike | None = None) -> list[str]:
+        """Versioned URLs of every file a manifest lists (default: the current manifest)."""
+        path = manifest_path if manifest_path is not None else self._cache_dir / self._manifest_name
+        return generate_all_download_urls_from_manifest(path, self._link_source())
+
+
+def _read_csv_arrow(path: str | os.PathLike):
+    """Parse a VBN CSV with the multi-threaded Arrow reader, treating empty cells as pandas does."""
+    from pyarrow import csv as pacsv
+    from pyarrow import string
+
+    with open(path, "rb") as fh:
+        header = fh.readline().decode().strip().split(",")
+    text = {c: string() for c in header if c in _TEXT_COLUMNS}
+    return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+        column_types=text, null_values=_NA_VALUES, strings_can_be_null=True))
+
+
+def _to_frame(table, name: str) -> pd.DataFrame:
+    """Turn a parsed Arrow table into the DataFrame the AllenSDK returns (dtypes, NaN, index)."""
+    import pyarrow as pa
+
+    gaps = [(f.name, c.null_count == len(c), pa.types.is_string(f.type) or pa.types.is_dictionary(f.type))
+            for f, c in zip(table.schema, table.columns, strict=True) if c.null_count]
+    # one block per column and Arrow buffers freed as they convert: less copying, lower peak memory
+    df = table.to_pandas(split_blocks=True, self_destruct=True)
+    del table
+    for column, empty, text in gaps:
+        if empty:  # an empty column: float NaN, as pandas.read_csv gives
+            df[column] = np.nan
+        elif text:  # missing text as NaN (pandas.read_csv), not None (Arrow)
+            values = df[column]
+            df[column] = values.where(values.notna(), np.nan)
+    if name in ("ecephys_sessions", "behavior_sessions"):
+        for col in INTEGER_COLUMNS:
+            if col in df.columns:
+                df[col] = df[col].astype("Int64")
+    index = df.pop(INDEX_COLUMNS[name])  # like set_index, without copying the other columns
+    df.index = pd.Index(index, name=index.name)
+    return df
+
+
+def read_table_csv(path: str | os.PathLike, name: str) -> pd.DataFrame:
+    """Read a VBN metadata CSV and type and index it as the AllenSDK does.
+
+    The values and dtypes equal ``pandas.read_csv(path)`` followed by the SDK's post-processing
+    (``Int64`` for the session tables' id and count columns, then the index column); the file is
+    parsed with the multi-threaded Arrow CSV reader.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The CSV.
+    name : str
+        The table: ``'ecephys_sessions'``, ``'behavior_sessions'``, ``'probes'``, ``'channels'``
+        or ``'units'``.
+    """
+    return _to_frame(_read_csv_arrow(path), name)
+
+
+class VbnEcephysSession:
+    """An opened ecephys session NWB file: units, spike times, channels, probes and metadata.
+
+    A thin reader over pynwb (the AllenSDK's ``BehaviorEcephysSession`` has many more methods);
+    close it with :meth:`close` or use it in a ``with`` block.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The NWB file.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        from pynwb import NWBHDF5IO
+
+        self.path = Path(path)
+        self._io = NWBHDF5IO(str(self.path), "r")
+        self.nwbfile = self._io.read()
+
+    @property
+    def ecephys_session_id(self) -> int:
+        """The session id."""
+        return int(self.nwbfile.session_id)
+
+    @property
+    def metadata(self) -> dict:
+        """Session and subject facts, as a dict."""
+        subject = self.nwbfile.subject
+        return {"ecephys_session_id": self.ecephys_session_id,
+                "session_start_time": self.nwbfile.session_start_time.astimezone(dt.timezone.utc),
+                "session_type": self.nwbfile.stimulus_notes,
+                "mouse_id": subject.subject_id, "sex": subject.sex, "age": subject.age,
+                "full_genotype": subject.genotype,
+                "session_description": self.nwbfile.session_description}
+
+    def get_units(self) -> pd.DataFrame:
+        """Return the units table (index ``unit_id``) without the spike times."""
+        df = self.nwbfile.units.to_dataframe(exclude={"spike_times"})
+        df.index.name = "unit_id"
+        return df
+
+    @property
+    def spike_times(self) -> dict[int, np.ndarray]:
+        """``{unit_id: spike times in seconds}``."""
+        units = self.nwbfile.units
+        return {int(uid): np.asarray(units["spike_times"][i]) for i, uid in enumerate(units.id[:])}
+
+    def get_channels(self) -> pd.DataFrame:
+        """Return the channels (electrodes) table, index ``ecephys_channel_id``, CCF coordinates
+        as ``anterior_posterior_ccf_coordinate`` etc."""
+        df = self.nwbfile.electrodes.to_dataframe().drop(columns="group")
+        df = df.rename(columns={"x": "anterior_posterior_ccf_coordinate",
+                                "y": "dorsal_ventral_ccf_coordinate",
+                                "z": "left_right_ccf_coordinate", "location": "structure_acronym",
+                                "group_name": "probe_name"})
+        df.index.name = "ecephys_channel_id"
+        return df
+
+    @property
+    def probes(self) -> pd.DataFrame:
+        """One row per probe: name and description."""
+        groups = self.nwbfile.electrode_groups
+        return pd.DataFrame({"name": list(groups),
+                             "description": [g.description for g in groups.values()]}).set_index("name")
+
+    def list_data_attributes_and_methods(self) -> list[str]:
+        """Names of this object's public attributes and methods."""
+        return sorted(n for n in dir(self) if not n.startswith("_"))
+
+    def close(self) -> None:
+        """Close the NWB file."""
+        self._io.close()
+
+    def __enter__(self) -> VbnEcephysSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"VbnEcephysSession({self.ecephys_session_id}, '{self.path.name}')"

@@ -1,0 +1,594 @@
+"""Generator of the synthetic Visual Behavior Neuropixels bucket: manifests, metadata CSVs, NWB files.
+
+Everything written here is **synthetic**: ids, dates, mice, probe tracks, unit metrics and spike
+times are drawn from a fixed random generator. Only the layout, the file formats, the column names
+and order, the value formats and the region acronyms (from the real Allen structure tree) follow the
+real bucket ``visual-behavior-neuropixels-data``::
+
+    visual-behavior-neuropixels/manifests/visual-behavior-neuropixels_project_manifest_v0.1.0.json
+    visual-behavior-neuropixels/project_metadata/{ecephys_sessions,behavior_sessions,probes,channels,units}.csv
+    visual-behavior-neuropixels/behavior_ecephys_sessions/{id}/ecephys_session_{id}.nwb
+
+The sample's release history (invented, shaped like the real one):
+
+* ``v0.1.0``: the five tables and NWB files for three sessions; ``units.csv`` without ``quality``
+  and with ``amplitude`` twice too large (the real scaling bug fixed in the real v0.5.0);
+* ``v0.2.0``: ``units.csv`` changed (amplitude fixed, ``quality`` added): a new S3 version;
+* ``v0.3.0``: one more session NWB file created; every other file unchanged.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .world import VBN_BUCKET, WorldWriter
+
+#: The project folder at the top of the bucket.
+PREFIX = "visual-behavior-neuropixels"
+#: The real bucket's HTTPS root; manifests carry absolute URLs below it, as the real ones do.
+REAL_BUCKET_URL = "https://visual-behavior-neuropixels-data.s3.us-west-2.amazonaws.com/"
+#: Metadata tables, in the order the real manifests list them.
+TABLE_NAMES = ("units", "probes", "channels", "ecephys_sessions", "behavior_sessions")
+#: The sample's manifest versions, oldest first, and the date their objects were put.
+VERSIONS = {"0.1.0": "2022-06-07T18:00:00.000Z", "0.2.0": "2022-07-21T18:00:00.000Z",
+            "0.3.0": "2022-10-19T18:00:00.000Z"}
+
+#: Real column order of each CSV (the index column first).
+COLUMNS = {
+    "ecephys_sessions": [
+        "ecephys_session_id", "behavior_session_id", "date_of_acquisition", "equipment_name",
+        "session_type", "mouse_id", "genotype", "sex", "project_code", "age_in_days", "unit_count",
+        "probe_count", "channel_count", "structure_acronyms", "image_set",
+        "prior_exposures_to_image_set", "session_number", "experience_level",
+        "prior_exposures_to_omissions", "file_id", "abnormal_histology", "abnormal_activity"],
+    "behavior_sessions": [
+        "behavior_session_id", "equipment_name", "genotype", "mouse_id", "sex", "age_in_days",
+        "session_number", "prior_exposures_to_session_type", "prior_exposures_to_image_set",
+        "prior_exposures_to_omissions", "ecephys_session_id", "date_of_acquisition", "session_type",
+        "image_set", "file_id"],
+    "probes": [
+        "ecephys_probe_id", "ecephys_session_id", "name", "sampling_rate", "lfp_sampling_rate",
+        "phase", "has_lfp_data", "unit_count", "channel_count", "structure_acronyms", "file_id"],
+    "channels": [
+        "ecephys_channel_id", "ecephys_probe_id", "ecephys_session_id", "probe_channel_number",
+        "probe_vertical_position", "probe_horizontal_position", "anterior_posterior_ccf_coordinate",
+        "dorsal_ventral_ccf_coordinate", "left_right_ccf_coordinate", "structure_acronym",
+        "unit_count", "valid_data"],
+    "units": [
+        "unit_id", "ecephys_channel_id", "ecephys_probe_id", "ecephys_session_id",
+        "amplitude_cutoff", "anterior_posterior_ccf_coordinate", "dorsal_ventral_ccf_coordinate",
+        "left_right_ccf_coordinate", "cumulative_drift", "d_prime", "structure_acronym",
+        "structure_id", "firing_rate", "isi_violations", "isolation_distance", "l_ratio",
+        "local_index", "max_drift", "nn_hit_rate", "nn_miss_rate", "presence_ratio",
+        "probe_horizontal_position", "probe_vertical_position", "silhouette_score", "snr",
+        "quality", "valid_data", "amplitude", "waveform_duration", "waveform_halfwidth", "PT_ratio",
+        "recovery_slope", "repolarization_slope", "spread", "velocity_above", "velocity_below"],
+}
+
+#: Each probe's synthetic track, from the brain surface down to the tip (real acronyms).
+PROBE_TRACKS = {
+    "probeA": ["VISam", "CA1", "DG-mo", "DG-sg", "LP", "APN"],
+    "probeB": ["VISpm", "CA1", "DG-mo", "DG-po", "LP", "POL", "MRN"],
+    "probeC": ["VISp", "CA1", "CA3", "DG-sg", "LGd", "MB", "MRN"],
+    "probeD": ["VISl", "CA1", "CA3", "LGv", "TH", "MGv"],
+    "probeE": ["VISal", "CA1", "ProS", "SUB", "DG-sg", "MGd", "SGN"],
+    "probeF": ["VISrl", "CA1", "DG-mo", "LP", "PoT", "NOT"],
+}
+#: Synthetic tip position (AP, DV, LR in CCF micrometres) and insertion direction per probe.
+_PROBE_TIPS = {"probeA": (8200, 4300, 6900), "probeB": (8900, 4500, 6600), "probeC": (9100, 4400, 7700),
+               "probeD": (8600, 4700, 8400), "probeE": (8000, 4600, 8800), "probeF": (7500, 4200, 8000)}
+_PROBE_DIRS = {"probeA": (-0.25, -0.95, 0.18), "probeB": (0.1, -0.97, 0.2), "probeC": (0.2, -0.95, -0.22),
+               "probeD": (0.05, -0.93, -0.36), "probeE": (-0.2, -0.9, -0.38), "probeF": (-0.3, -0.92, -0.25)}
+GENOTYPES = ["Sst-IRES-Cre/wt;Ai32(RCL-ChR2(H134R)_EYFP)/wt",
+             "Vip-IRES-Cre/wt;Ai32(RCL-ChR2(H134R)_EYFP)/wt", "wt/wt"]
+_TRAINING = ["TRAINING_0_gratings_autorewards_15min", "TRAINING_1_gratings",
+             "TRAINING_2_gratings_flashed", "TRAINING_3_images_{s}_10uL_reward",
+             "TRAINING_4_images_{s}_training", "TRAINING_5_images_{s}_epilogue",
+             "TRAINING_5_images_{s}_handoff_ready_5uL_reward",
+             "HABITUATION_5_images_{s}_handoff_ready_3uL_reward"]
+_CHANNELS_PER_PROBE = 384
+_STRUCTURE_TREE = Path(__file__).with_name("data") / "allen_structure_tree.csv"
+_SEED = 20220607
+
+
+@dataclass(frozen=True)
+class VbnScale:
+    """How many of each thing to generate.
+
+    Parameters
+    ----------
+    n_sessions, n_abnormal : int
+        Ecephys sessions, and how many of them are flagged abnormal.
+    n_probes, n_units : int
+        Probes (at most six per session) and units, exactly.
+    n_behavior_only : int
+        Behavior-only (training and habituation) sessions.
+    n_nwb : int
+        Sessions that get an NWB file (the last one appears only in v0.3.0).
+    """
+
+    n_sessions: int
+    n_abnormal: int
+    n_probes: int
+    n_units: int
+    n_behavior_only: int
+    n_nwb: int
+
+
+#: The sample world: tens of sessions, a few hundred probes, tens of thousands of channels.
+SAMPLE_SCALE = VbnScale(n_sessions=32, n_abnormal=10, n_probes=180, n_units=12_600,
+                        n_behavior_only=160, n_nwb=4)
+#: The real release's counts (v0.4.0): 153 sessions (50 abnormal), 905 probes, 319,013 units.
+FULL_SCALE = VbnScale(n_sessions=153, n_abnormal=50, n_probes=905, n_units=319_013,
+                      n_behavior_only=3271, n_nwb=0)
+
+
+def structure_ids() -> dict[str, int]:
+    """Return ``{acronym: structure id}`` from the real Allen structure tree shipped with the sample."""
+    with open(_STRUCTURE_TREE, newline="") as fh:
+        return {row["acronym"]: int(row["id"]) for row in csv.DictReader(fh)}
+
+
+def _date_text(when: dt.datetime) -> str:
+    """Format a time as the real tables do: ``2020-08-19 14:47:08.574000+00:00``."""
+    return f"{when:%Y-%m-%d %H:%M:%S}.{when.microsecond // 1000:03d}000+00:00"
+
+
+def _sessions(scale: VbnScale, rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Draw the mice and their behavior and ecephys sessions; return (ecephys, behavior) frames."""
+    n_mice = (scale.n_sessions + 1) // 2
+    mouse_ids = np.sort(rng.choice(np.arange(500_000, 600_000), n_mice, replace=False))
+    per_mouse = rng.multinomial(scale.n_behavior_only, np.full(n_mice, 1 / n_mice))
+    start = dt.datetime(2020, 8, 20, tzinfo=dt.timezone.utc)
+    rows = []  # one per behavior session, ecephys ones flagged
+    n_left = scale.n_sessions
+    for m, mouse in enumerate(mouse_ids):
+        genotype = GENOTYPES[rng.choice(3, p=[0.4, 0.2, 0.4])]
+        sex = "F" if rng.random() < 0.45 else "M"
+        familiar = "G" if rng.random() < 0.75 else "H"
+        novel = "H" if familiar == "G" else "G"
+        birth = start + dt.timedelta(days=int(m * 5 - rng.integers(150, 260)))
+        day = start + dt.timedelta(days=int(m * 5 - per_mouse[m] - 3))
+        seen: dict[str, int] = {}
+        same: dict[str, int] = {}
+        n_beh = int(per_mouse[m])
+        for i in range(n_beh):
+            stype = _TRAINING[min(i * len(_TRAINING) // max(n_beh, 1), len(_TRAINING) - 1)]
+            image_set = familiar if "images" in stype else None
+            stype = stype.format(s=familiar)
+            rows.append(dict(mouse_id=int(mouse), genotype=genotype, sex=sex, birth=birth,
+                             when=day + dt.timedelta(hours=float(rng.uniform(8, 12))),
+                             session_type=stype, image_set=image_set, ecephys=False,
+                             equipment_name=f"BEH.{'BDFG'[rng.integers(4)]}-Box{rng.integers(1, 7)}",
+                             omissions=0, seen=seen.get(image_set, 0) if image_set else None,
+                             same_type=same.get(stype, 0)))
+            same[stype] = same.get(stype, 0) + 1
+            if image_set:
+                seen[image_set] = seen.get(image_set, 0) + 1
+            day += dt.timedelta(days=1)
+        n_ephys = min(2, n_left)
+        n_left -= n_ephys
+        vol = "3" if rng.random() < 0.7 else "5"
+        rig = f"NP.{rng.integers(2)}"
+        for k in range(n_ephys):
+            image_set = familiar if k == 0 else novel
+            rows.append(dict(mouse_id=int(mouse), genotype=genotype, sex=sex, birth=birth,
+                             when=day + dt.timedelta(hours=float(rng.uniform(14, 17))),
+                             session_type=f"EPHYS_1_images_{image_set}_{vol}uL_reward",
+                             image_set=image_set, ecephys=True, equipment_name=rig, omissions=k,
+                             seen=seen.get(image_set, 0), same_type=0, ephys_number=k + 1))
+            seen[image_set] = seen.get(image_set, 0) + 1
+            day += dt.timedelta(days=1)
+    beh = pd.DataFrame(rows).sort_values("when", kind="stable").reset_index(drop=True)
+    # LIMS-like ids that grow with time; an ecephys session id sits just below its behavior id
+    gaps = rng.integers(20_000, 50_000, len(beh))
+    beh["behavior_session_id"] = 1_040_000_000 + np.cumsum(gaps)
+    beh["ecephys_session_id"] = pd.array(
+        np.where(beh["ecephys"], beh["behavior_session_id"] - rng.integers(5_000, 15_000, len(beh)), 0),
+        dtype="Int64")
+    beh.loc[~beh["ecephys"], "ecephys_session_id"] = pd.NA
+    beh["age_in_days"] = [(w - b).days for w, b in zip(beh["when"], beh["birth"], strict=True)]
+    beh["session_number"] = beh.groupby("mouse_id").cumcount() + 1
+    beh["date_of_acquisition"] = [_date_text(w) for w in beh["when"]]
+    eph = beh[beh["ecephys"]].reset_index(drop=True)
+    return eph, beh
+
+
+def build_tables(scale: VbnScale = SAMPLE_SCALE, seed: int = _SEED) -> dict[str, pd.DataFrame]:
+    """Generate the five metadata tables (the v0.2.0 layout), consistent across ids.
+
+    Parameters
+    ----------
+    scale : VbnScale
+        How many sessions, probes and units.
+    seed : int
+        Seed of the random generator (same seed, same tables).
+
+    Returns
+    -------
+    dict of pandas.DataFrame
+        Keyed by :data:`TABLE_NAMES`, each with the columns of :data:`COLUMNS` in order.
+    """
+    rng = np.random.default_rng(seed)
+    ids = structure_ids()
+    missing = sorted({a for t in PROBE_TRACKS.values() for a in t} - set(ids))
+    if missing:
+        raise ValueError(f"Probe track acronyms {missing} are not in {_STRUCTURE_TREE.name}.")
+    eph, beh = _sessions(scale, rng)
+    n_s = len(eph)
+
+    # -- probes: six per session, some dropped to reach the total -----------------------------
+    names = list(PROBE_TRACKS)
+    keep = np.ones((n_s, 6), bool)
+    drop = rng.choice(n_s * 6, n_s * 6 - scale.n_probes, replace=False)
+    keep.flat[drop] = False
+    sess_idx, probe_letter = np.nonzero(keep)
+    n_p = len(sess_idx)
+    probe_sid = eph["ecephys_session_id"].to_numpy("int64")[sess_idx]
+    probe_ids = probe_sid + 120_000 + probe_letter
+    has_lfp = rng.random(n_p) < 0.96
+    sampling = np.round(30_000 + rng.normal(0, 0.08, n_p), 6)
+
+    # -- channels: 384 per probe along a straight synthetic track -----------------------------
+    n_c = n_p * _CHANNELS_PER_PROBE
+    ch_num = np.tile(np.arange(_CHANNELS_PER_PROBE), n_p)
+    ch_probe = np.repeat(np.arange(n_p), _CHANNELS_PER_PROBE)
+    vertical = (20 * (ch_num // 2 + 1)).astype(float)
+    horizontal = np.array([43.0, 11.0, 59.0, 27.0])[ch_num % 4]
+    tips = np.array([_PROBE_TIPS[names[k]] for k in probe_letter], float)
+    tips += rng.normal(0, 120, tips.shape)
+    dirs = np.array([_PROBE_DIRS[names[k]] for k in probe_letter], float)
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    along = ch_num * 8.5
+    ccf = np.round(tips[ch_probe] + dirs[ch_probe] * along[:, None])
+    structure = np.empty(n_c, object)
+    for p in range(n_p):
+        track = ["root"] + PROBE_TRACKS[names[probe_letter[p]]]  # surface first
+        frac = rng.dirichlet(np.r_[0.6, np.full(len(track) - 1, 3.0)])
+        edges = np.round(np.cumsum(frac) * _CHANNELS_PER_PROBE).astype(int)
+        depth_rank = _CHANNELS_PER_PROBE - 1 - np.arange(_CHANNELS_PER_PROBE)  # 0 at the top
+        seg = np.searchsorted(edges, depth_rank, side="right").clip(0, len(track) - 1)
+        structure[p * _CHANNELS_PER_PROBE:(p + 1) * _CHANNELS_PER_PROBE] = np.array(track, object)[seg]
+    valid = ch_num != 191  # the reference channel
+    gaps = rng.choice([1, 1, 1, 2], n_c)
+    channel_ids = 1_049_365_509 + np.cumsum(gaps) - gaps[0]
+
+    # -- units: spread over probes, then over channels (none on root-free reference channel) --
+    per_probe = rng.multinomial(scale.n_units, np.full(n_p, 1 / n_p))
+    weights = np.where(structure == "root", 0.15, 1.0) * valid
+    unit_ch = np.empty(scale.n_units, np.int64)
+    local_index = np.empty(scale.n_units, np.int64)
+    pos = 0
+    for p, k in enumerate(per_probe):
+        w = weights[p * _CHANNELS_PER_PROBE:(p + 1) * _CHANNELS_PER_PROBE]
+        chosen = np.sort(rng.choice(_CHANNELS_PER_PROBE, k, p=w / w.sum()))
+        unit_ch[pos:pos + k] = p * _CHANNELS_PER_PROBE + chosen
+        local_index[pos:pos + k] = np.arange(k)
+        pos += k
+    n_u = scale.n_units
+    unit_ids = 1_157_001_000 + np.cumsum(rng.choice([1, 1, 2, 3], n_u))
+    narrow = rng.random(n_u) < 0.25
+    step = 1 / 72.8  # waveform metrics come in steps of the upsampled sample period (ms)
+    duration = np.where(narrow, rng.integers(11, 26, n_u), rng.integers(36, 62, n_u)) * step
+    halfwidth = np.where(narrow, rng.integers(5, 10, n_u), rng.integers(10, 20, n_u)) * step
+    u_struct = structure[unit_ch]
+    u_probe = ch_probe[unit_ch]
+    units = pd.DataFrame({
+        "unit_id": unit_ids,
+        "ecephys_channel_id": channel_ids[unit_ch],
+        "ecephys_probe_id": probe_ids[u_probe],
+        "ecephys_session_id": probe_sid[u_probe],
+        "amplitude_cutoff": np.round(np.minimum(rng.exponential(0.08, n_u), 0.5), 6),
+        "anterior_posterior_ccf_coordinate": ccf[unit_ch, 0],
+        "dorsal_ventral_ccf_coordinate": ccf[unit_ch, 1],
+        "left_right_ccf_coordinate": ccf[unit_ch, 2],
+        "cumulative_drift": np.round(rng.gamma(4, 50, n_u), 2),
+        "d_prime": np.round(np.clip(rng.normal(4.5, 1.5, n_u), 0.3, None), 6),
+        "structure_acronym": u_struct,
+        "structure_id": np.array([ids[a] for a in u_struct], np.int64),
+        "firing_rate": np.round(np.exp(rng.normal(np.log(4.0), 1.0, n_u)), 6),
+        "isi_violations": np.round(np.where(rng.random(n_u) < 0.5, 0.0, rng.exponential(0.3, n_u)), 6),
+        "isolation_distance": np.round(np.exp(rng.normal(np.log(45), 0.5, n_u)), 6),
+        "l_ratio": np.round(rng.exponential(0.05, n_u), 6),
+        "local_index": local_index,
+        "max_drift": np.round(rng.gamma(3, 12, n_u), 2),
+        "nn_hit_rate": np.round(rng.beta(5, 1.5, n_u), 6),
+        "nn_miss_rate": np.round(np.minimum(rng.exponential(0.01, n_u), 0.9), 6),
+        "presence_ratio": np.round(np.clip(1 - rng.exponential(0.04, n_u), 0.05, 0.99), 2),
+        "probe_horizontal_position": horizontal[unit_ch],
+        "probe_vertical_position": vertical[unit_ch],
+        "silhouette_score": np.round(np.where(rng.random(n_u) < 0.05, np.nan,
+                                              rng.normal(0.1, 0.06, n_u)), 6),
+        "snr": np.round(np.exp(rng.normal(np.log(2.5), 0.4, n_u)), 6),
+        "quality": np.where(rng.random(n_u) < 0.07, "noise", "good"),
+        "valid_data": True,
+        "amplitude": np.round(np.exp(rng.normal(np.log(180), 0.45, n_u)), 6),
+        "waveform_duration": np.round(duration, 6),
+        "waveform_halfwidth": np.round(halfwidth, 6),
+        "PT_ratio": np.round(np.where(narrow, rng.uniform(0.2, 0.45, n_u), rng.uniform(0.4, 0.75, n_u)), 6),
+        "recovery_slope": np.round(-np.abs(rng.normal(0.15, 0.08, n_u)), 6),
+        "repolarization_slope": np.round(np.exp(rng.normal(np.log(0.9), 0.5, n_u)), 6),
+        "spread": (10 * rng.integers(2, 12, n_u)).astype(float),
+        "velocity_above": np.round(np.where(rng.random(n_u) < 0.2, np.nan,
+                                            rng.normal(0.3, 1.0, n_u)), 6),
+        "velocity_below": np.round(np.where(rng.random(n_u) < 0.2, np.nan,
+                                            rng.normal(-0.3, 1.0, n_u)), 6),
+    })
+
+    # -- counts and acronym lists, rolled up from units and channels --------------------------
+    ch_units = np.bincount(unit_ch, minlength=n_c)
+    channels = pd.DataFrame({
+        "ecephys_channel_id": channel_ids, "ecephys_probe_id": probe_ids[ch_probe],
+        "ecephys_session_id": probe_sid[ch_probe], "probe_channel_number": ch_num,
+        "probe_vertical_position": vertical, "probe_horizontal_position": horizontal,
+        "anterior_posterior_ccf_coordinate": ccf[:, 0], "dorsal_ventral_ccf_coordinate": ccf[:, 1],
+        "left_right_ccf_coordinate": ccf[:, 2], "structure_acronym": structure,
+        "unit_count": ch_units, "valid_data": valid,
+    })
+    probe_structs = [sorted(set(structure[p * _CHANNELS_PER_PROBE:(p + 1) * _CHANNELS_PER_PROBE]))
+                     for p in range(n_p)]
+    probe_file_id = np.full(n_p, -999, np.int64)
+    probe_file_id[has_lfp] = np.arange(has_lfp.sum())
+    probes = pd.DataFrame({
+        "ecephys_probe_id": probe_ids, "ecephys_session_id": probe_sid,
+        "name": [names[k] for k in probe_letter], "sampling_rate": sampling,
+        "lfp_sampling_rate": np.round(sampling / 12, 6), "phase": 1.0, "has_lfp_data": has_lfp,
+        "unit_count": per_probe, "channel_count": _CHANNELS_PER_PROBE,
+        "structure_acronyms": [str(s) for s in probe_structs], "file_id": probe_file_id,
+    })
+    next_file_id = int(has_lfp.sum())
+
+    abnormal = np.zeros(n_s, bool)
+    abnormal[rng.choice(n_s, scale.n_abnormal, replace=False)] = True
+    histology, activity = [], []
+    for a in abnormal:
+        kind = rng.integers(3) if a else -1  # 0: histology, 1: activity, 2: both
+        histology.append(str(sorted(rng.choice(["Thalamus", "Hippocampus", "CA1", "VISp", "Midbrain"],
+                                               rng.integers(1, 3), replace=False).tolist()))
+                         if kind in (0, 2) else None)
+        activity.append(str(sorted(rng.integers(300, 9000, rng.integers(1, 3)).tolist()))
+                        if kind in (1, 2) else None)
+    eph_structs = [sorted(set().union(*[probe_structs[p] for p in np.nonzero(sess_idx == s)[0]]))
+                   for s in range(n_s)]
+    ecephys = pd.DataFrame({
+        "ecephys_session_id": eph["ecephys_session_id"].astype("int64"),
+        "behavior_session_id": eph["behavior_session_id"],
+        "date_of_acquisition": eph["date_of_acquisition"],
+        "equipment_name": eph["equipment_name"], "session_type": eph["session_type"],
+        "mouse_id": eph["mouse_id"], "genotype": eph["genotype"], "sex": eph["sex"],
+        "project_code": "NeuropixelVisualBehavior", "age_in_days": eph["age_in_days"],
+        "unit_count": np.bincount(sess_idx, weights=per_probe, minlength=n_s).astype(np.int64),
+        "probe_count": np.bincount(sess_idx, minlength=n_s),
+        "channel_count": np.bincount(sess_idx, minlength=n_s) * _CHANNELS_PER_PROBE,
+        "structure_acronyms": [str(s) for s in eph_structs], "image_set": eph["image_set"],
+        "prior_exposures_to_image_set": eph["seen"].astype("int64"),
+        "session_number": eph["ephys_number"].astype("int64"),
+        "experience_level": np.where(eph["ephys_number"] == 1, "Familiar", "Novel"),
+        "prior_exposures_to_omissions": eph["omissions"],
+        "file_id": np.arange(next_file_id, next_file_id + n_s),
+        "abnormal_histology": histology, "abnormal_activity": activity,
+    })
+    next_file_id += n_s
+    beh_only = ~beh["ecephys"].to_numpy()
+    beh_file_id = np.full(len(beh), -999, np.int64)
+    beh_file_id[beh_only] = np.arange(next_file_id, next_file_id + beh_only.sum())
+    behavior = pd.DataFrame({
+        "behavior_session_id": beh["behavior_session_id"], "equipment_name": beh["equipment_name"],
+        "genotype": beh["genotype"], "mouse_id": beh["mouse_id"], "sex": beh["sex"],
+        "age_in_days": beh["age_in_days"], "session_number": beh["session_number"],
+        "prior_exposures_to_session_type": beh["same_type"],
+        "prior_exposures_to_image_set": pd.array(beh["seen"], dtype="Int64"),
+        "prior_exposures_to_omissions": beh["omissions"],
+        "ecephys_session_id": beh["ecephys_session_id"],
+        "date_of_acquisition": beh["date_of_acquisition"], "session_type": beh["session_type"],
+        "image_set": beh["image_set"], "file_id": beh_file_id,
+    })
+    tables = {"units": units, "probes": probes, "channels": channels,
+              "ecephys_sessions": ecephys, "behavior_sessions": behavior}
+    for name, df in tables.items():
+        assert list(df.columns) == COLUMNS[name], name
+    return tables
+
+
+def units_v010(units: pd.DataFrame) -> pd.DataFrame:
+    """Return the v0.1.0 ``units.csv``: no ``quality`` column, ``amplitude`` twice too large."""
+    old = units.drop(columns="quality")
+    old["amplitude"] = np.round(old["amplitude"] * 2, 6)
+    return old
+
+
+def csv_bytes(df: pd.DataFrame) -> bytes:
+    """Serialise a table as the real CSVs are: header, no pandas index, empty cells for missing."""
+    buffer = io.StringIO()
+    df.to_csv(buffer, index=False, lineterminator="\n")
+    return buffer.getvalue().encode()
+
+
+def blake2b_hex(data: bytes) -> str:
+    """Return the BLAKE2b hex digest the AllenSDK stores as ``file_hash``."""
+    return hashlib.blake2b(data).hexdigest()
+
+
+def relative_key(kind: str, name: str | int) -> str:
+    """Return the bucket key of a metadata table (*kind* ``"metadata"``) or a session NWB file."""
+    if kind == "metadata":
+        return f"{PREFIX}/project_metadata/{name}.csv"
+    return f"{PREFIX}/behavior_ecephys_sessions/{name}/ecephys_session_{name}.nwb"
+
+
+def manifest_key(version: str) -> str:
+    """Return the bucket key of the manifest of *version* (e.g. ``'0.2.0'``)."""
+    return f"{PREFIX}/manifests/{PREFIX}_project_manifest_v{version}.json"
+
+
+def _entry(writer: WorldWriter, key: str, hashes: dict[str, str]) -> dict[str, str]:
+    latest = writer.latest(VBN_BUCKET, key)
+    return {"url": REAL_BUCKET_URL + key, "version_id": latest.version_id, "file_hash": hashes[latest.md5]}
+
+
+def _manifest(writer: WorldWriter, version: str, data_keys: dict[int, str],
+              hashes: dict[str, str]) -> bytes:
+    manifest = {
+        "project_name": PREFIX,
+        "manifest_version": version,
+        "metadata_file_id_column_name": "file_id",
+        "data_pipeline": [{"name": "AllenSDK", "version": "2.13.5",
+                           "comment": "synthetic sample world written by abc_helpers.sample.vbn"}],
+        "metadata_files": {n: _entry(writer, relative_key("metadata", n), hashes) for n in TABLE_NAMES},
+        "data_files": {str(fid): _entry(writer, key, hashes) for fid, key in sorted(data_keys.items())},
+    }
+    return (json.dumps(manifest, indent=2) + "\n").encode()
+
+
+class _FixedUUIDs:
+    """Make hdmf's object ids deterministic while an NWB file is built (restored on exit)."""
+
+    def __init__(self, seed: str) -> None:
+        self.seed, self.count = seed, 0
+
+    def __call__(self) -> uuid.UUID:
+        self.count += 1
+        digest = hashlib.sha256(f"{self.seed}/{self.count}".encode()).digest()
+        return uuid.UUID(bytes=digest[:16], version=4)
+
+    def __enter__(self) -> _FixedUUIDs:
+        import hdmf.container
+
+        self._saved = hdmf.container.uuid4
+        hdmf.container.uuid4 = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import hdmf.container
+
+        hdmf.container.uuid4 = self._saved
+
+
+def write_session_nwb(path: Path, session: pd.Series, tables: dict[str, pd.DataFrame],
+                      duration: float = 30.0) -> None:
+    """Write a small, real NWB file for one ecephys session: subject, probes, electrodes, units.
+
+    Spike times are a synthetic Poisson train at each unit's ``firing_rate`` over the first
+    *duration* seconds. hdmf object ids come from the session id and the file creation date is the
+    acquisition date, so two builds give the same bytes.
+    """
+    from hdmf.common import ElementIdentifiers, VectorData, VectorIndex
+    from pynwb import NWBHDF5IO, NWBFile
+    from pynwb.ecephys import ElectrodesTable
+    from pynwb.file import Subject
+    from pynwb.misc import Units
+
+    sid = int(session["ecephys_session_id"])
+    rng = np.random.default_rng(sid)
+    probes = tables["probes"][tables["probes"]["ecephys_session_id"] == sid]
+    chans = tables["channels"][tables["channels"]["ecephys_session_id"] == sid]
+    units = tables["units"][tables["units"]["ecephys_session_id"] == sid]
+    when = dt.datetime.strptime(session["date_of_acquisition"], "%Y-%m-%d %H:%M:%S.%f+00:00")
+    when = when.replace(tzinfo=dt.timezone.utc)
+    with _FixedUUIDs(str(sid)):
+        nwb = NWBFile(
+            session_description=(f"SYNTHETIC sample of ecephys session {sid} (abc_helpers sample "
+                                 "world; not real data)"),
+            identifier=str(sid), session_id=str(sid), session_start_time=when,
+            file_create_date=[when], institution="Allen Institute (synthetic sample)",
+            stimulus_notes=str(session["session_type"]),
+            subject=Subject(subject_id=str(session["mouse_id"]), sex=str(session["sex"]),
+                            species="Mus musculus", genotype=str(session["genotype"]),
+                            age=f"P{int(session['age_in_days'])}D"),
+        )
+        groups = {}
+        for row in probes.itertuples():
+            device = nwb.create_device(name=row.name, description="Neuropixels 1.0 (synthetic)")
+            groups[row.ecephys_probe_id] = nwb.create_electrode_group(
+                name=row.name, description=f"ecephys_probe_id {row.ecephys_probe_id}",
+                location="See electrode locations", device=device)
+        group = [groups[p] for p in chans["ecephys_probe_id"]]
+
+        def col(name: str, data, description: str) -> VectorData:
+            return VectorData(name=name, description=description, data=data)
+
+        nwb.electrodes = ElectrodesTable(
+            columns=[
+                col("location", chans["structure_acronym"].tolist(), "CCF structure acronym"),
+                col("group", group, "the probe's electrode group"),
+                col("group_name", [g.name for g in group], "probe name"),
+                col("x", chans["anterior_posterior_ccf_coordinate"].to_numpy(), "CCF AP (um)"),
+                col("y", chans["dorsal_ventral_ccf_coordinate"].to_numpy(), "CCF DV (um)"),
+                col("z", chans["left_right_ccf_coordinate"].to_numpy(), "CCF LR (um)"),
+                col("probe_channel_number", chans["probe_channel_number"].to_numpy(), "channel on the probe"),
+                col("probe_vertical_position", chans["probe_vertical_position"].to_numpy(), "um from the tip"),
+                col("probe_horizontal_position", chans["probe_horizontal_position"].to_numpy(), "um across"),
+                col("valid_data", chans["valid_data"].to_numpy(), "channel usable"),
+            ],
+            id=ElementIdentifiers(name="id", data=chans["ecephys_channel_id"].to_numpy()))
+        rates = np.minimum(units["firing_rate"].to_numpy(), 60.0)
+        counts = rng.poisson(rates * duration)
+        spikes = np.concatenate([np.sort(rng.uniform(0, duration, c)) for c in counts] or [np.empty(0)])
+        times = col("spike_times", np.round(spikes, 6), "spike times (s)")
+        nwb.units = Units(
+            name="units", description="units (synthetic spike times)",
+            columns=[
+                times, VectorIndex(name="spike_times_index", data=np.cumsum(counts), target=times),
+                col("peak_channel_id", units["ecephys_channel_id"].to_numpy(), "ecephys_channel_id"),
+                *[col(c, units[c].to_numpy(), c.replace("_", " ")) for c in
+                  ("firing_rate", "presence_ratio", "isi_violations", "amplitude", "snr")],
+                col("quality", units["quality"].tolist(), "'good' or 'noise'"),
+            ],
+            id=ElementIdentifiers(name="id", data=units["unit_id"].to_numpy()))
+        with NWBHDF5IO(str(path), "w") as nwb_io:
+            nwb_io.write(nwb)
+
+
+def generate(writer: WorldWriter) -> None:
+    """Write the synthetic VBN bucket into the sample world: three manifest versions, five tables
+    (``units.csv`` in two S3 versions) and NWB files for a few sessions.
+
+    Parameters
+    ----------
+    writer : WorldWriter
+        The sample world being built.
+    """
+    tables = build_tables(SAMPLE_SCALE)
+    hashes: dict[str, str] = {}  # md5 -> blake2b of every object put, for the manifests
+
+    def put(key: str, data: bytes, version: str) -> None:
+        obj = writer.put_bytes(VBN_BUCKET, key, data, last_modified=VERSIONS[version])
+        hashes[obj.md5] = blake2b_hex(data)
+
+    def put_nwb(session: pd.Series, version: str) -> tuple[int, str]:
+        key = relative_key("nwb", int(session["ecephys_session_id"]))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "session.nwb"
+            write_session_nwb(path, session, tables)
+            put(key, path.read_bytes(), version)
+        return int(session["file_id"]), key
+
+    ecephys = tables["ecephys_sessions"]
+    normal = ecephys[ecephys["abnormal_histology"].isna() & ecephys["abnormal_activity"].isna()]
+    with_nwb = [normal.iloc[i] for i in range(SAMPLE_SCALE.n_nwb)]
+
+    # v0.1.0: every table (the old units.csv) and the first NWB files
+    for name in TABLE_NAMES:
+        df = units_v010(tables[name]) if name == "units" else tables[name]
+        put(relative_key("metadata", name), csv_bytes(df), "0.1.0")
+    data_keys = dict(put_nwb(s, "0.1.0") for s in with_nwb[:-1])
+    manifests = {"0.1.0": _manifest(writer, "0.1.0", data_keys, hashes)}
+    # v0.2.0: units.csv fixed (a new S3 version of the same key)
+    put(relative_key("metadata", "units"), csv_bytes(tables["units"]), "0.2.0")
+    manifests["0.2.0"] = _manifest(writer, "0.2.0", data_keys, hashes)
+    # v0.3.0: one more session NWB file
+    data_keys.update([put_nwb(with_nwb[-1], "0.3.0")])
+    manifests["0.3.0"] = _manifest(writer, "0.3.0", data_keys, hashes)
+    for version, data in manifests.items():
+        writer.put_bytes(VBN_BUCKET, manifest_key(version), data, last_modified=VERSIONS[version])
