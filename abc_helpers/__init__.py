@@ -9,6 +9,8 @@ from .cache import (
     OutdatedManifestWarning,
     ReadOnlyLocalCacheWarning,
 )
+from .expression import MissingCellsWarning, extract_genes_from_h5ad, get_gene_data
+from .gene_index import build_gene_index, find_gene_index, gene_index_path, read_gene_index_info
 from .manifest import (
     DataTypeNotInDirectory,
     FileAttributes,
@@ -39,20 +41,27 @@ __all__ = [
     "LargeDataSizeWarning",
     "Manifest",
     "ManifestComparison",
+    "MissingCellsWarning",
     "OutdatedManifestWarning",
     "ReadOnlyLocalCacheWarning",
     "Source",
     "VbnEcephysSession",
     "VbnProjectCache",
+    "build_gene_index",
     "compare_manifests",
     "download",
     "download_many",
+    "extract_genes_from_h5ad",
+    "find_gene_index",
+    "gene_index_path",
     "file_hash",
     "format_size",
     "generate_all_download_urls_from_manifest",
     "get_behavior_session_url",
+    "get_gene_data",
     "get_manifest_url",
     "get_metadata_url",
     "get_source",
     "list_objects",
+    "read_gene_index_info",
 ]

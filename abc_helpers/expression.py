@@ -1,0 +1,558 @@
+"""Gene expression for many cells out of large 10x h5ad matrices, with bounded memory.
+
+:func:`get_gene_data` takes the same arguments as the Allen ``abc_atlas_access`` helper of that
+name. Instead of densifying chunks of 8,192 cells x 32,285 genes (about 1 GB each), it streams
+contiguous row blocks of the CSR arrays (``X/indptr``, ``X/indices``, ``X/data``) with h5py and
+keeps only the values of the selected genes, so memory is the output plus one block. When a gene
+index (a gene-major copy made by :func:`~abc_helpers.gene_index.build_gene_index`) exists for a
+matrix, the selected genes are read directly from it instead, which takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, as_completed
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from ._h5ad import (
+    DEFAULT_BLOCK_NNZ,
+    block_bounds,
+    iter_blocks,
+    matrix_layout,
+)
+from .gene_index import (
+    _data_files,
+    build_gene_index,
+    find_gene_index,
+    read_obs_labels,
+    read_var_column,
+)
+
+LOGGER = logging.getLogger("abc_helpers")
+
+__all__ = ["MissingCellsWarning", "build_gene_index", "extract_genes_from_h5ad", "get_gene_data"]
+
+#: The data types of the WMB/WHB 10x matrices.
+DATA_TYPES = ("log2", "raw")
+
+
+#: Binary-search the rows of a block when rows x genes x SEARCH_COST < values in the block,
+#: else scan the block with a boolean table (about 2 ns per value).
+SEARCH_COST = 16
+
+
+class MissingCellsWarning(UserWarning):
+    """Some requested cells have no expression data (their matrix or their row is not there)."""
+
+
+# -- one matrix --------------------------------------------------------------------------------
+def _row_map(obs: pd.Index, labels: pd.Index, path: str) -> np.ndarray | None:
+    """Positions of *labels* in *obs* (-1 if absent), or None if they are *obs* in order."""
+    if len(labels) == len(obs) and labels.equals(obs):
+        return None
+    if not obs.is_unique:
+        dup = obs[obs.duplicated()][:3].tolist()
+        msg = (f"The cell labels of '{path}' are not unique (e.g. {dup}): cannot match cells to "
+               "rows. Re-download the file with force_download=True.")
+        raise ValueError(msg)
+    return obs.get_indexer(labels)
+
+
+def _first_positions(values: np.ndarray, wanted: pd.Index) -> np.ndarray:
+    """Position of the first occurrence of each *wanted* value in *values* (-1 if absent)."""
+    index = pd.Index(values)
+    if index.is_unique:
+        return index.get_indexer(wanted)
+    first = ~index.duplicated()
+    found = index[first].get_indexer(wanted)
+    return np.where(found >= 0, np.flatnonzero(first)[found], -1)
+
+
+def _gene_columns(h5file, genes: Sequence[str]) -> np.ndarray:
+    """Column of each gene (a var index value or a ``gene_symbol``) in ``X``; -1 if absent."""
+    wanted = pd.Index(genes)
+    cols = _first_positions(read_var_column(h5file, None), wanted)
+    if (cols < 0).any() and "gene_symbol" in h5file["var"]:
+        by_symbol = _first_positions(read_var_column(h5file, "gene_symbol"), wanted)
+        cols = np.where(cols >= 0, cols, by_symbol)
+    return np.asarray(cols, dtype=np.int64)
+
+
+def _stream_csr(x, layout, cols, rows_out, out, block_nnz, progress) -> None:
+    """Fill *out* from a CSR ``X`` group by streaming row blocks; only *cols* are kept."""
+    n_obs, n_vars = layout.shape
+    indptr = x["indptr"][()].astype(np.int64, copy=False)
+    present = np.flatnonzero(cols >= 0)
+    selected = np.zeros(n_vars, dtype=bool)  # a bool table indexed by int64 is numpy's fastest
+    selected[cols[present]] = True
+    column_of = np.full(n_vars, -1, dtype=np.int64)
+    column_of[cols[present]] = present
+    if rows_out is None:
+        first, last, wanted = 0, n_obs, None
+    else:
+        needed = np.flatnonzero(rows_out >= 0)
+        if needed.size == 0:
+            return
+        first, last = int(needed[0]), int(needed[-1]) + 1
+        wanted = np.concatenate([[0], np.cumsum(rows_out >= 0)])
+    bounds = block_bounds(indptr, block_nnz, first, last)
+    if wanted is not None:
+        skipped = [(a, b) for a, b in bounds if wanted[b] == wanted[a]]
+        bounds = [(a, b) for a, b in bounds if wanted[b] > wanted[a]]
+        if progress:
+            progress(sum(b - a for a, b in skipped))
+    targets = cols[present]
+    order = np.argsort(targets)
+    targets, target_column = targets[order], present[order]
+    for r0, r1, ix, d in iter_blocks(x, indptr, bounds):
+        starts = indptr[r0:r1 + 1] - indptr[r0]
+        found = None
+        if (r1 - r0) * len(targets) * SEARCH_COST < len(ix):  # few rows x genes: binary search
+            found = _search_sorted_rows(ix, starts, targets)
+        if found is not None:
+            pos, local_rows, t = found
+            rows, j = local_rows + r0, target_column[t]
+        else:  # one pass over the block with a boolean table
+            pos = np.flatnonzero(selected[ix.astype(np.int64)])
+            rows = np.searchsorted(starts, pos, side="right") - 1 + r0
+            j = column_of[ix[pos]]
+        if pos.size:
+            vals = d[pos]
+            if rows_out is None:
+                out[rows, j] = vals
+            else:
+                orow = rows_out[rows]
+                keep = orow >= 0
+                out[orow[keep], j[keep]] = vals[keep]
+        if progress:
+            progress(r1 - r0)
+
+
+def _search_sorted_rows(ix: np.ndarray, starts: np.ndarray, targets: np.ndarray):
+    """Find sorted *targets* in each row of a CSR block whose rows have sorted indices.
+
+    A vectorized binary search over every (row, target) pair: it touches about
+    ``rows x targets x log2(row length)`` values instead of the whole block. Returns
+    ``(positions, local rows, target numbers)`` of the hits, or None if some row of the block is
+    not sorted (the caller then scans the block).
+    """
+    n = len(ix)
+    if n == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
+    breaks = np.flatnonzero(ix[1:] <= ix[:-1]) + 1
+    if breaks.size and not np.isin(breaks, starts[1:-1]).all():
+        return None
+    k = len(targets)
+    lo = np.repeat(starts[:-1], k)
+    hi = np.repeat(starts[1:], k)
+    end = hi.copy()
+    t = np.tile(targets, len(starts) - 1)
+    active = lo < hi
+    while active.any():
+        mid = (lo + hi) >> 1
+        below = ix[np.minimum(mid, n - 1)] < t
+        lo = np.where(active & below, mid + 1, lo)
+        hi = np.where(active & ~below, mid, hi)
+        active = lo < hi
+    hit = lo < end
+    hit[hit] = ix[lo[hit]] == t[hit]
+    q = np.flatnonzero(hit)
+    return lo[q], q // k, q % k
+
+
+def _read_csc(x, cols, rows_out, out) -> None:
+    """Fill *out* from a CSC ``X`` group (a gene index): one contiguous read per gene."""
+    indptr, indices, data = x["indptr"][()], x["indices"], x["data"]
+    for j in np.argsort(cols, kind="stable"):
+        c = int(cols[j])
+        if c < 0:
+            continue
+        a, b = (int(v) for v in indptr[c:c + 2])
+        if b == a:
+            continue
+        rows = indices[a:b]
+        vals = data[a:b]
+        if rows_out is None:
+            out[rows, j] = vals
+        else:
+            orow = rows_out[rows]
+            keep = orow >= 0
+            out[orow[keep], j] = vals[keep]
+
+
+def _read_dense(x, layout, cols, rows_out, out, block_nnz, progress) -> None:
+    """Fill *out* from a dense ``X`` dataset, reading row blocks."""
+    n_obs, n_vars = layout.shape
+    step = max(1, block_nnz // max(n_vars, 1))
+    present = np.flatnonzero(cols >= 0)
+    order = np.argsort(cols[present])
+    sorted_cols = cols[present][order]
+    for r0 in range(0, n_obs, step):
+        r1 = min(r0 + step, n_obs)
+        block = x[r0:r1][:, sorted_cols]
+        if rows_out is None:
+            out[r0:r1, present[order]] = block
+        else:
+            orow = rows_out[r0:r1]
+            keep = orow >= 0
+            out[np.ix_(orow[keep], present[order])] = block[keep]
+        if progress:
+            progress(r1 - r0)
+
+
+def _extract_task(path: str, labels, genes: Sequence[str], block_nnz: int = DEFAULT_BLOCK_NNZ,
+                  progress: Callable[[int], None] | None = None) -> dict:
+    """Read *genes* for the cells *labels* from one h5ad file (the unit of work of an executor).
+
+    Returns a dict with ``values`` (float32, cells x genes; NaN rows for cells not in the file,
+    NaN columns for genes not in it), ``missing_cells`` (count), ``missing_genes`` (names),
+    ``layout`` and ``seconds``.
+    """
+    import h5py
+
+    started = time.perf_counter()
+    with h5py.File(path, "r") as f:
+        layout = matrix_layout(f)
+        obs = read_obs_labels(f)
+        labels = obs if labels is None else pd.Index(labels)
+        rows_out = None
+        if labels is not obs:
+            rows_in = _row_map(obs, labels, path)
+            if rows_in is not None:
+                rows_out = np.full(len(obs), -1, dtype=np.int64)
+                found = rows_in >= 0
+                rows_out[rows_in[found]] = np.flatnonzero(found)
+        cols = _gene_columns(f, list(genes))
+        unique_cols, expand = np.unique(cols, return_inverse=True)
+        out = np.zeros((len(labels), len(unique_cols)), dtype=np.float32)
+        x = f["X"]
+        if layout.encoding == "csr_matrix":
+            _stream_csr(x, layout, unique_cols, rows_out, out, block_nnz, progress)
+        elif layout.encoding == "csc_matrix":
+            _read_csc(x, unique_cols, rows_out, out)
+        else:
+            _read_dense(x, layout, unique_cols, rows_out, out, block_nnz, progress)
+    if not np.array_equal(unique_cols, cols):
+        out = out[:, expand.ravel()]
+    missing_cells = 0
+    if rows_out is not None:
+        found = np.zeros(len(labels), dtype=bool)
+        found[rows_out[rows_out >= 0]] = True
+        missing_cells = int((~found).sum())
+        out[~found] = np.nan
+    out[:, cols < 0] = np.nan
+    return {
+        "values": out,
+        "missing_cells": missing_cells,
+        "missing_genes": [g for g, c in zip(genes, cols, strict=True) if c < 0],
+        "layout": layout.encoding,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def extract_genes_from_h5ad(
+    path: str | Path,
+    genes: Sequence[str],
+    cell_labels: Sequence[str] | pd.Index | None = None,
+    block_nnz: int = DEFAULT_BLOCK_NNZ,
+    progressbar: bool = False,
+) -> pd.DataFrame:
+    """Read a few genes for many cells from one h5ad file, streaming it with bounded memory.
+
+    A CSR matrix (as the 10x matrices of the ABC Atlas are stored) is read in contiguous blocks of
+    about *block_nnz* stored values; only the values of the selected genes are kept. A CSC matrix
+    (a gene index) is read one contiguous slice per gene. A dense ``X`` is read in row blocks.
+
+    Parameters
+    ----------
+    path : str or Path
+        An h5ad file written by anndata (>= 0.7).
+    genes : sequence of str
+        Gene identifiers (the ``var`` index) or gene symbols (the ``gene_symbol`` column of ``var``).
+    cell_labels : sequence of str, pandas.Index or None
+        The cells (``obs`` index values) to return, in this order; None: every cell, in file order.
+    block_nnz : int
+        Stored values per block (memory is about 8 bytes per value for one block).
+    progressbar : bool
+        Show a tqdm progress bar over the rows.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by cell label, one float32 column per gene in the order given. Cells that are not
+        in the file are kept as rows of NaN (and reported with a :class:`MissingCellsWarning`).
+
+    Raises
+    ------
+    KeyError
+        If a gene is neither a ``var`` index value nor a ``gene_symbol`` of the file.
+    ValueError
+        If the file's cell labels are not unique or ``X`` is not a matrix anndata writes.
+    """
+    genes = [genes] if isinstance(genes, str) else list(genes)
+    bar = None
+    if progressbar:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            total = matrix_layout(f).shape[0]
+        bar = tqdm(total=total, unit="row", unit_scale=True, desc=Path(path).name)
+    try:
+        result = _extract_task(str(path), cell_labels, genes, block_nnz,
+                               bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    if result["missing_genes"]:
+        msg = (f"Genes {result['missing_genes']} are not in '{path}': give var index values "
+               "(e.g. Ensembl ids) or values of its var 'gene_symbol' column.")
+        raise KeyError(msg)
+    if result["missing_cells"]:
+        warnings.warn(f"{result['missing_cells']} of {len(result['values'])} cells are not in "
+                      f"'{path}'; their rows are NaN.", MissingCellsWarning, stacklevel=2)
+    index = pd.Index(cell_labels) if cell_labels is not None else None
+    if index is None:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            index = read_obs_labels(f)
+    index.name = "cell_label"
+    return pd.DataFrame(result["values"], index=index, columns=pd.Index(genes, name="gene"))
+
+
+# -- many matrices through the cache --------------------------------------------------------------
+def _resolve_genes(all_genes: pd.DataFrame, selected: list[str]) -> list[str]:
+    """Map gene symbols (or identifiers) to the gene identifiers of *all_genes*."""
+    genes = all_genes
+    if "gene_identifier" in genes.columns:
+        genes = genes.set_index("gene_identifier")
+    if "gene_symbol" not in genes.columns:
+        msg = (f"all_genes has no 'gene_symbol' column (columns: {list(genes.columns)}): pass the "
+               "'gene' table of the release, e.g. abc_cache.get_metadata_dataframe('WMB-10X', "
+               "'gene', index_col='gene_identifier').")
+        raise ValueError(msg)
+    dup = sorted({g for g in selected if selected.count(g) > 1})
+    if dup:
+        raise ValueError(f"selected_genes lists {dup} more than once: give each gene once.")
+    symbols = genes["gene_symbol"].astype(str)
+    first = pd.Series(genes.index, index=symbols.values)
+    first = first[~first.index.duplicated()]
+    ids, unknown = [], []
+    for name in selected:
+        if name in first.index:
+            ids.append(str(first[name]))
+        elif name in genes.index:
+            ids.append(str(name))
+        else:
+            unknown.append(name)
+    if unknown:
+        lower = {s.lower(): s for s in first.index}
+        hints = []
+        for name in unknown:
+            close = [lower[name.lower()]] if name.lower() in lower else \
+                difflib.get_close_matches(name, first.index.tolist(), n=3, cutoff=0.75)
+            hints.append(f"'{name}' (did you mean {', '.join(repr(c) for c in close)}?)" if close
+                         else f"'{name}'")
+        msg = (f"Unknown gene symbols: {', '.join(hints)}. They are not in all_genes "
+               f"({len(genes)} genes); symbols are case-sensitive (mouse 'Slc17a7', human "
+               "'SLC17A7').")
+        raise KeyError(msg)
+    return ids
+
+
+def _cell_table(all_cells: pd.DataFrame) -> pd.DataFrame:
+    cells = all_cells
+    if "cell_label" in cells.columns:
+        cells = cells.set_index("cell_label")
+    missing = [c for c in ("dataset_label", "feature_matrix_label") if c not in cells.columns]
+    if missing:
+        msg = (f"all_cells lacks the columns {missing}: pass the 'cell_metadata' table of the "
+               "release (indexed by cell_label), e.g. abc_cache.get_metadata_dataframe('WMB-10X', "
+               "'cell_metadata', index_col='cell_label').")
+        raise ValueError(msg)
+    if not cells.index.is_unique:
+        dup = cells.index[cells.index.duplicated()][:3].tolist()
+        raise ValueError(f"all_cells has duplicated cell labels (e.g. {dup}): drop them first.")
+    return cells
+
+
+def _matrix_available(abc_cache, directory: str, file_name: str, listing: dict) -> bool:
+    if directory not in listing:
+        listing[directory] = _data_files(abc_cache, directory)
+    return file_name in listing[directory]
+
+
+def get_gene_data(
+    abc_cache,
+    all_cells: pd.DataFrame,
+    all_genes: pd.DataFrame,
+    selected_genes: Sequence[str],
+    data_type: str = "log2",
+    executor: Executor | None = None,
+    progressbar: bool = True,
+    use_gene_index: bool = True,
+    block_nnz: int = DEFAULT_BLOCK_NNZ,
+) -> pd.DataFrame:
+    """Expression of a few genes in many cells, read from the 10x matrices of a release.
+
+    Same call as ``abc_atlas_access``'s ``get_gene_data``. Each matrix the cells come from is
+    downloaded through *abc_cache* (if it is not there yet) and read by streaming contiguous row
+    blocks, keeping only the selected genes: memory is the output plus one block (about 32 MB),
+    whatever the size of the matrix. If a valid gene index of a matrix exists (see
+    :func:`build_gene_index`), the genes are read from it instead, and the matrix itself is not
+    needed.
+
+    Parameters
+    ----------
+    abc_cache : AbcProjectCache
+        The cache of the release.
+    all_cells : pandas.DataFrame
+        The cells, indexed by ``cell_label``, with ``dataset_label`` and ``feature_matrix_label``
+        columns (the release's ``cell_metadata`` or a subset of it).
+    all_genes : pandas.DataFrame
+        The release's ``gene`` table: indexed by ``gene_identifier``, with ``gene_symbol``.
+    selected_genes : sequence of str
+        Gene symbols (or gene identifiers), one column each in this order.
+    data_type : {"log2", "raw"}
+        Which matrix of each pair to read.
+    executor : concurrent.futures.Executor or None
+        Reads the matrices in parallel on this executor (a ``ProcessPoolExecutor``, a
+        ``ThreadPoolExecutor`` or a Dask ``Client.get_executor()``); the workers must see the cache
+        folder. None reads them one after the other in this process.
+    progressbar : bool
+        Show a progress bar over the cells (downloads show their own).
+    use_gene_index : bool
+        Read from a valid gene index when one exists (the default).
+    block_nnz : int
+        Stored values per streamed block.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed like *all_cells* (``cell_label``), one float32 column per selected gene. Cells
+        whose matrix is not in the loaded release, or that are missing from their matrix, are
+        **kept as rows of NaN** and reported with a :class:`MissingCellsWarning` naming the
+        matrices and the counts; ``result.dropna()`` removes them.
+
+    Raises
+    ------
+    KeyError
+        If a selected gene is not in *all_genes* (the message suggests close symbols).
+    ValueError
+        If *data_type* is unknown or the tables lack the columns named above.
+
+    Examples
+    --------
+    >>> cells = abc_cache.get_metadata_dataframe("WMB-10X", "cell_metadata",
+    ...                                          index_col="cell_label")  # doctest: +SKIP
+    >>> genes = abc_cache.get_metadata_dataframe("WMB-10X", "gene",
+    ...                                          index_col="gene_identifier")  # doctest: +SKIP
+    >>> get_gene_data(abc_cache, cells, genes, ["Slc17a7", "Tac2"])  # doctest: +SKIP
+    """
+    if data_type not in DATA_TYPES:
+        raise ValueError(f"Unknown data_type '{data_type}': use one of {list(DATA_TYPES)}.")
+    selected = [selected_genes] if isinstance(selected_genes, str) else list(selected_genes)
+    if not selected:
+        raise ValueError("selected_genes is empty: give at least one gene symbol.")
+    gene_ids = _resolve_genes(all_genes, selected)
+    cells = _cell_table(all_cells)
+    result = np.full((len(cells), len(selected)), np.nan, dtype=np.float32)
+
+    groups = cells.groupby(["dataset_label", "feature_matrix_label"], sort=True,
+                           dropna=False).indices
+    listing: dict[str, list[str]] = {}
+    jobs, not_in_release = [], {}
+    for (directory, matrix), positions in groups.items():
+        if pd.isna(directory) or pd.isna(matrix):
+            not_in_release["(no feature_matrix_label)"] = len(positions)
+            continue
+        file_name = f"{matrix}/{data_type}"
+        if _matrix_available(abc_cache, str(directory), file_name, listing):
+            jobs.append((str(directory), file_name, positions))
+        else:
+            not_in_release[f"{directory}/{file_name}"] = len(positions)
+    if not_in_release:
+        detail = ", ".join(f"'{k}' ({v} cells)" for k, v in not_in_release.items())
+        warnings.warn(
+            f"{sum(not_in_release.values())} cells come from matrices that are not in the loaded "
+            f"release ({getattr(abc_cache, 'current_manifest', None)}): {detail}. Their rows are "
+            "NaN; load the release they come from (abc_cache.load_manifest) or drop them.",
+            MissingCellsWarning, stacklevel=2)
+
+    started = time.perf_counter()
+    bar = tqdm(total=sum(len(p) for *_, p in jobs), unit="cell", unit_scale=True,
+               desc=f"Extracting {len(selected)} genes", disable=not progressbar)
+    missing_in_matrix: dict[str, int] = {}
+    missing_genes: dict[str, list[str]] = {}
+    futures: dict[Future, tuple] = {}
+
+    def collect(job: tuple, out: dict) -> None:
+        directory, file_name, positions = job
+        result[positions] = out["values"]
+        if out["missing_cells"]:
+            missing_in_matrix[f"{directory}/{file_name}"] = out["missing_cells"]
+        if out["missing_genes"]:
+            missing_genes[f"{directory}/{file_name}"] = out["missing_genes"]
+        LOGGER.info("%s/%s: %d cells from the %s in %.2f s", directory, file_name, len(positions),
+                    "gene index" if out["layout"] == "csc_matrix" else "matrix", out["seconds"])
+
+    try:
+        for job in jobs:
+            directory, file_name, positions = job
+            path = find_gene_index(abc_cache, directory, file_name) if use_gene_index else None
+            if path is None:
+                path = abc_cache.get_data_path(directory, file_name)
+            labels = cells.index.values[positions]
+            if executor is None:
+                n_rows = _n_rows(path)
+                share = len(positions) / max(n_rows, 1)
+                done = [0.0]
+
+                def tick(rows: int, share=share, done=done) -> None:
+                    done[0] += rows * share
+                    step = int(done[0])
+                    if step:
+                        bar.update(step)
+                        done[0] -= step
+
+                before = bar.n
+                collect(job, _extract_task(str(path), labels, gene_ids, block_nnz, tick))
+                bar.update(len(positions) - (bar.n - before))
+            else:
+                futures[executor.submit(_extract_task, str(path), labels, gene_ids,
+                                        block_nnz)] = job
+        for future in as_completed(futures):
+            job = futures[future]
+            collect(job, future.result())
+            bar.update(len(job[2]))
+    finally:
+        for future in futures:
+            future.cancel()
+        bar.close()
+
+    if missing_in_matrix:
+        detail = ", ".join(f"'{k}' ({v} cells)" for k, v in missing_in_matrix.items())
+        warnings.warn(f"{sum(missing_in_matrix.values())} cells are not in the matrix their "
+                      f"metadata names: {detail}. Their rows are NaN.", MissingCellsWarning,
+                      stacklevel=2)
+    if missing_genes:
+        warnings.warn(f"Some genes are absent from some matrices (their values are NaN there): "
+                      f"{missing_genes}.", MissingCellsWarning, stacklevel=2)
+    LOGGER.info("Extracted %d genes for %d cells from %d matrices in %.1f s", len(selected),
+                len(cells), len(jobs), time.perf_counter() - started)
+    return pd.DataFrame(result, index=cells.index, columns=pd.Index(selected, name="gene_symbol"))
+
+
+def _n_rows(path: Path) -> int:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return matrix_layout(f).shape[0]
