@@ -1,0 +1,297 @@
+"""abc_helpers.ish: queries, grid downloads, reorientation, writing and stacks, against the sample API."""
+
+from __future__ import annotations
+
+import zipfile
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from abc_helpers import ish
+from abc_helpers.sample import allen_api, amba
+from abc_helpers.sample.server import SampleServer
+from abc_helpers.sample.world import WorldWriter
+from abc_helpers.sources import Source
+
+RNG = np.random.default_rng(7)
+#: Random CCF voxels (AP, DV, LR indices) checked in every reorientation test.
+VOXELS = np.c_[RNG.integers(0, 67, 25), RNG.integers(0, 41, 25), RNG.integers(0, 58, 25)]
+CASES = [(o, w) for o in ("RAS", "PIR") for w in ("MICe", "CCFv3")]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("amba-world")
+    with WorldWriter(root) as writer:
+        amba.generate(writer)
+    return root
+
+
+@pytest.fixture(scope="module")
+def source(world):
+    with SampleServer(root=world) as server:
+        yield Source("sample", server.url)
+
+
+@pytest.fixture(scope="module")
+def records(world):
+    return allen_api.load_records(world)
+
+
+@pytest.fixture(scope="module")
+def coronal(source):
+    return ish.query_section_datasets("coronal", source=source)
+
+
+@pytest.fixture(scope="module")
+def downloaded(coronal, source, tmp_path_factory):
+    dest = tmp_path_factory.mktemp("grids")
+    return ish.download_grids(coronal, dest, source=source, max_workers=4, progressbar=False), dest
+
+
+@pytest.fixture(scope="module")
+def unique_zip(tmp_path_factory):
+    """A grid zip whose voxel values are all different (value = flat index in the raw file)."""
+    path = tmp_path_factory.mktemp("unique") / "1.zip"
+    values = np.arange(58 * 41 * 67, dtype="<f4").reshape(58, 41, 67)
+    path.write_bytes(amba.grid_zip(None, {"energy": values}))
+    return path
+
+
+def _ccf_value(a, d, lr):
+    """The unique value at CCF voxel (AP a, DV d, LR lr) in the unique zip."""
+    return float((lr * 41 + d) * 67 + a)
+
+
+def _seed_reorient(data):
+    data = np.rot90(data, k=1, axes=(0, 2))
+    return np.rot90(data, k=1, axes=(0, 1))
+
+
+# -- query ----------------------------------------------------------------------------------------
+def test_query_has_the_seed_columns(coronal, records):
+    assert list(coronal.columns) == list(ish.SEED_COLUMNS)
+    expected = {r["id"] for r in records if not r["failed"] and r["plane_of_section"]["name"] == "coronal"
+                and r["products"][0]["id"] == 1 and r["treatments"][0]["name"] == "ISH"}
+    assert set(coronal["experiment_id"]) == expected
+    assert coronal["experiment_id"].is_unique
+
+
+def test_query_genes_and_paging(source, coronal):
+    """A gene filter keeps those genes; small pages give the same table as one big page."""
+    some = ish.query_section_datasets("coronal", ["Pcp2", "Gad1"], source=source)
+    assert set(some["gene"]) == {"Pcp2", "Gad1"}
+    assert len(some) == coronal["gene"].isin(["Pcp2", "Gad1"]).sum()
+    paged = ish.query_section_datasets("coronal", source=source, page_size=7)
+    pd.testing.assert_frame_equal(paged, coronal)
+    both = ish.query_section_datasets(None, source=source, page_size=50)
+    assert set(both["plane"]) == {"coronal", "sagittal"}
+
+
+def test_query_error_quotes_the_api(source):
+    with pytest.raises(ValueError, match="Unknown plane"):
+        ish.query_section_datasets("horizontal", source=source)
+    with pytest.raises(ValueError, match=r"rejected the SectionDataSet query \(HTTP 500\)"):
+        ish.query_section_datasets("coronal", ["Pcp2'"], source=source)
+
+
+# -- download -------------------------------------------------------------------------------------
+def test_download_grids_reports_each_failure(downloaded, records):
+    """Experiments without energy or without any grid fail in their row; the others succeed."""
+    table, dest = downloaded
+    grid = {r["id"]: r["_grid"] for r in records}
+    for row in table.itertuples():
+        if grid[row.experiment_id] == "energy":
+            assert row.success and row.error == "" and ish.verify_grid(row.path), row
+        else:
+            assert not row.success and row.error and row.path == "", row
+            assert not (dest / f"{row.experiment_id}.zip").exists()
+    errors = table.loc[~table["success"], "error"].tolist()
+    assert any("energy.raw" in e for e in errors) and any("404" in e for e in errors)
+    assert table["success"].sum() >= 50
+
+
+def test_existing_verified_grids_are_skipped(downloaded, source, coronal):
+    table, dest = downloaded
+    ok = table[table["success"]].head(5)
+    before = {p: (dest / p).stat().st_mtime_ns for p in [f"{i}.zip" for i in ok["experiment_id"]]}
+    again = ish.download_grids(ok, dest, source=source, progressbar=False)
+    assert again["success"].all()
+    assert {p: (dest / p).stat().st_mtime_ns for p in before} == before
+
+
+def test_corrupt_grid_is_downloaded_again(downloaded, source):
+    table, dest = downloaded
+    eid = int(table.loc[table["success"], "experiment_id"].iloc[0])
+    path = dest / f"{eid}.zip"
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])
+    assert not ish.verify_grid(path)
+    assert ish.download_grid(eid, dest, source) == path and path.read_bytes() == good
+
+
+def test_download_grids_with_executor_and_process(downloaded, source, tmp_path):
+    """A given executor is used (and left open); process() runs per grid and its errors are reported."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    table, _ = downloaded
+    rows = table[table["success"]].head(3)
+    seen = []
+
+    def process(eid, path):
+        seen.append(eid)
+        if eid == int(rows["experiment_id"].iloc[1]):
+            raise RuntimeError("boom")
+
+    with ThreadPoolExecutor(2) as pool:
+        out = ish.download_grids(rows, tmp_path, executor=pool, source=source, progressbar=False,
+                                 process=process)
+        assert pool.submit(lambda: 1).result() == 1
+    assert sorted(seen) == sorted(rows["experiment_id"])
+    assert out["success"].tolist() == [True, False, True]
+    assert "RuntimeError: boom" in out["error"].iloc[1]
+
+    seen.clear()
+    threads = set()
+
+    def tracked(eid, path):
+        import threading
+
+        threads.add(threading.current_thread().name)
+        process(eid, path)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="converter") as converter:
+        out = ish.download_grids(rows, tmp_path, source=source, progressbar=False, process=tracked,
+                                 process_executor=converter)
+    assert out["success"].tolist() == [True, False, True] and len(seen) == 3
+    assert threads and all(t.startswith("converter") for t in threads)
+
+
+# -- read and reorient ----------------------------------------------------------------------------------
+def test_read_grid_geometry(unique_zip):
+    image = ish.read_grid(unique_zip)
+    assert image.GetSize() == (67, 41, 58)
+    assert image.GetSpacing() == pytest.approx((0.2, 0.2, 0.2))
+    assert image.GetOrigin() == (0, 0, 0) and image.GetDirection() == (1, 0, 0, 0, 1, 0, 0, 0, 1)
+    for a, d, lr in VOXELS:  # index (x, y, z) = (AP, DV, LR) at CCF mm (AP, DV, LR)
+        assert image[int(a), int(d), int(lr)] == _ccf_value(a, d, lr)
+    with pytest.raises(KeyError, match="density.raw"):
+        ish.read_grid(unique_zip, "density")
+
+
+@pytest.mark.parametrize(("orientation", "world_space"), CASES)
+def test_reorient_puts_each_voxel_at_its_world_point(unique_zip, orientation, world_space):
+    """The value at CCF (AP, DV, LR) sits at the expected world point after reorient()."""
+    image = ish.reorient(ish.read_grid(unique_zip), orientation, world_space)
+    for a, d, lr in VOXELS:
+        point = ish.expected_world_point((200 * a, 200 * d, 200 * lr), world_space)
+        index = image.TransformPhysicalPointToIndex(point)
+        assert image[index] == _ccf_value(a, d, lr), (orientation, world_space, (a, d, lr))
+        assert np.allclose(image.TransformIndexToPhysicalPoint(index), point, atol=1e-6)
+
+
+def test_reorient_matches_the_seed_rotations(unique_zip):
+    """RAS voxels are exactly the seed's numpy rot90s; PIR voxels are untouched."""
+    raw = np.frombuffer(zipfile.ZipFile(unique_zip).read("energy.raw"), "<f4").reshape(58, 41, 67)
+    for space in ("MICe", "CCFv3"):
+        ras = ish.reorient(ish.read_grid(unique_zip), "RAS", space)
+        assert np.array_equal(sitk.GetArrayFromImage(ras), _seed_reorient(raw))
+        pir = ish.reorient(ish.read_grid(unique_zip), "PIR", space)
+        assert np.array_equal(sitk.GetArrayFromImage(pir), raw)
+    ras = ish.reorient(ish.read_grid(unique_zip), "RAS", "MICe")
+    assert ras.GetOrigin() == pytest.approx((-5.7, -7.9, -2.7))
+    with pytest.raises(ValueError, match="PIR voxel order"):
+        ish.reorient(ras, "RAS", "MICe")
+    with pytest.raises(ValueError, match="world space"):
+        ish.reorient(ish.read_grid(unique_zip), "RAS", "stereotaxic")
+
+
+# -- write and read back --------------------------------------------------------------------------
+@pytest.mark.parametrize(("orientation", "world_space"), CASES)
+@pytest.mark.parametrize("ext", [".mnc", ".nii.gz", ".nrrd", ".mha"])
+def test_write_and_read_back(unique_zip, tmp_path, orientation, world_space, ext):
+    """After write_volume and read_volume each voxel is still at its world point."""
+    image = ish.reorient(ish.read_grid(unique_zip), orientation, world_space)
+    path = ish.write_volume(image, tmp_path / f"vol{ext}")
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+    back = ish.read_volume(path)
+    for a, d, lr in VOXELS:
+        point = ish.expected_world_point((200 * a, 200 * d, 200 * lr), world_space)
+        assert back[back.TransformPhysicalPointToIndex(point)] == _ccf_value(a, d, lr)
+
+
+@pytest.mark.parametrize(("orientation", "world_space"), CASES)
+def test_minc_and_nifti_agree_in_nibabel(unique_zip, tmp_path, orientation, world_space):
+    """An independent reader finds each voxel at the same RAS world point in the .mnc and the .nii.gz."""
+    image = ish.reorient(ish.read_grid(unique_zip), orientation, world_space)
+    for ext in (".mnc", ".nii.gz"):
+        img = nib.load(ish.write_volume(image, tmp_path / f"v{ext}"))
+        data = np.asarray(img.dataobj)
+        for a, d, lr in VOXELS:
+            index = np.argwhere(data == _ccf_value(a, d, lr))
+            assert len(index) == 1
+            world = img.affine @ np.r_[index[0], 1.0]
+            expected = ish.expected_world_point((200 * a, 200 * d, 200 * lr), world_space)
+            assert np.allclose(world[:3], expected, atol=1e-4), (ext, (a, d, lr))
+
+
+def test_minc_has_the_seed_geometry(unique_zip, tmp_path):
+    """RAS/MICe MINC: x/y/z starts -5.7, -7.9, -2.7 mm, steps 0.2, identity cosines, dims (z, y, x)."""
+    path = ish.write_volume(ish.reorient(ish.read_grid(unique_zip), "RAS", "MICe"), tmp_path / "v.mnc")
+    with h5py.File(path, "r") as h5:
+        dims = h5["minc-2.0/dimensions"]
+        expected = {"xspace": (-5.7, [1, 0, 0], 58), "yspace": (-7.9, [0, 1, 0], 67),
+                    "zspace": (-2.7, [0, 0, 1], 41)}
+        for name, (start, cosines, length) in expected.items():
+            attrs = dims[name].attrs
+            assert attrs["start"] == pytest.approx(start) and attrs["step"] == pytest.approx(0.2)
+            assert np.allclose(attrs["direction_cosines"], cosines) and attrs["length"] == length
+        assert h5["minc-2.0/image/0/image"].shape == (41, 67, 58)
+
+
+def test_write_volume_refuses_unknown_formats(unique_zip, tmp_path):
+    with pytest.raises(ValueError, match=r"\.mnc"):
+        ish.write_volume(ish.read_grid(unique_zip), tmp_path / "v.tif")
+
+
+# -- stacks ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def stack_dir(downloaded, tmp_path_factory):
+    table, dest = downloaded
+    return ish.build_expression_stack(table, dest, tmp_path_factory.mktemp("stack"), progressbar=False)
+
+
+def test_stack_layout(stack_dir, downloaded):
+    table, dest = downloaded
+    genes, stack = ish.load_expression_stack(stack_dir)
+    ok = table[table["success"]]
+    assert stack.shape == (len(ok), 58, 41, 67) and stack.dtype == np.float16
+    assert genes["id"].tolist() == [str(i) for i in ok["experiment_id"]]
+    assert genes["gene"].tolist() == ok["gene"].tolist()
+    raw, _ = ish.read_grid_array(dest / f"{ok['experiment_id'].iloc[3]}.zip")
+    assert np.array_equal(stack[3], raw.astype(np.float16))
+    assert (stack_dir / ish.INDEX_FILE).exists()
+
+
+def test_correlated_genes(stack_dir):
+    """A replicate of the same gene ranks first; correlations are exact and ignore -1."""
+    genes, stack = ish.load_expression_stack(stack_dir)
+    result = ish.correlated_genes(stack, genes, "Pcp2", top=5)
+    assert list(result.columns) == ["rank", "id", "gene", "correlation", "n_voxels"]
+    assert len(result) == 5 and result["gene"].iloc[0] == "Pcp2"
+    assert result["correlation"].is_monotonic_decreasing
+    query = int(np.flatnonzero(genes["gene"] == "Pcp2")[0])
+    assert genes["id"].iloc[query] not in result["id"].tolist()
+    other = int(np.flatnonzero(genes["id"] == result["id"].iloc[0])[0])
+    x, y = stack[query].astype(np.float64).ravel(), stack[other].astype(np.float64).ravel()
+    both = (x >= 0) & (y >= 0)
+    assert result["correlation"].iloc[0] == pytest.approx(np.corrcoef(x[both], y[both])[0, 1], abs=1e-5)
+    assert result["n_voxels"].iloc[0] == both.sum()
+    by_id = ish.correlated_genes(stack, genes, int(genes["id"].iloc[query]), top=5)
+    pd.testing.assert_frame_equal(by_id, result)
+    with pytest.raises(KeyError, match="Pcp2"):
+        ish.correlated_genes(stack, genes, "Pcp3")
