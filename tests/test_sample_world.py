@@ -1,0 +1,48 @@
+"""The whole sample world: deterministic bytes, built in seconds, served with boto3-compatible S3."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from abc_helpers.sample import build_world
+from abc_helpers.sample.build import GENERATORS
+
+
+@pytest.mark.slow
+def test_world_is_deterministic_and_fast(tmp_path):
+    """Two builds give the same objects with the same md5s, each in under 15 s."""
+    seconds, indexes = [], []
+    for name in ("a", "b"):
+        t0 = time.perf_counter()
+        root = build_world(tmp_path / name)
+        seconds.append(time.perf_counter() - t0)
+        indexes.append({p.name: json.loads(p.read_text()) for p in sorted((root / "s3-index").glob("*.json"))})
+        assert json.loads((root / "WORLD.json").read_text())["generators"] == list(GENERATORS)
+    assert indexes[0] == indexes[1]
+    assert {"allen-brain-cell-atlas.json", "visual-behavior-neuropixels-data.json"} <= set(indexes[0])
+    api_a = sorted(p.relative_to(tmp_path / "a").as_posix() for p in (tmp_path / "a" / "allen-api").rglob("*"))
+    api_b = sorted(p.relative_to(tmp_path / "b").as_posix() for p in (tmp_path / "b" / "allen-api").rglob("*"))
+    assert api_a == api_b and api_a
+    assert max(seconds) < 15, f"sample world built in {seconds} s"
+
+
+def test_cli_serve_prints_url_and_serves(tmp_path):
+    """`python -m abc_helpers.sample serve --port 0` prints the root URL and answers S3 requests."""
+    import subprocess
+    import sys
+
+    import requests
+
+    proc = subprocess.Popen([sys.executable, "-m", "abc_helpers.sample", "serve", "--port", "0"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+        listing = requests.get(f"{url}/allen-brain-cell-atlas?list-type=2&prefix=releases/", timeout=30)
+        assert listing.status_code == 200 and "releases/20231215/manifest.json" in listing.text
+    finally:
+        proc.terminate()
+        proc.wait(30)
