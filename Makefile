@@ -35,3 +35,17 @@ bench: $(STAMP)
 
 clean:
 	rm -rf _build
+
+## Optional: the real AllenSDK (in its own venv: it pins numpy<1.24) against the sample VBN bucket.
+ALLENSDK_VENV := .venv-allensdk
+
+$(ALLENSDK_VENV)/.installed:
+	$(PYTHON) -m venv $(ALLENSDK_VENV)
+	$(ALLENSDK_VENV)/bin/pip install -q --upgrade pip
+	# hdmf<4: pynwb 2.8.3 (pulled by allensdk 2.16.2) does not cap hdmf and breaks with hdmf 6
+	$(ALLENSDK_VENV)/bin/pip install -q allensdk==2.16.2 "hdmf<4"
+	touch $@
+
+fidelity: $(STAMP) $(ALLENSDK_VENV)/.installed
+	$(PY) -m pytest tests/test_fidelity_allensdk.py -q -p no:cacheprovider
+.PHONY: fidelity

@@ -233,49 +233,85 @@ class RawReader:
         self._fh.close()
 
 
+class BlockReader:
+    """Read the row blocks of a CSR/CSC group *x*; reading starts as soon as it is created.
+
+    Iterating yields ``(r0, r1, indices, data)`` for each ``(r0, r1)`` of *bounds*; the arrays are
+    views of two reused buffers, valid until the next block is requested. When the datasets are
+    stored raw (see :class:`RawReader`), a background thread reads block k + 1 while block k is
+    processed, and block 0 is already being read when the constructor returns, so the caller can
+    do other work (read gene names, ...) meanwhile. Use it as a context manager, or call
+    :meth:`close`.
+    """
+
+    def __init__(self, x, indptr: np.ndarray, bounds: list[tuple[int, int]]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._x, self._indptr, self._bounds = x, indptr, bounds
+        self._pool = self._pending = None
+        self._raw: list[RawReader] = []
+        if not bounds:
+            return
+        indices, data = x["indices"], x["data"]
+        biggest = max(int(indptr[b] - indptr[a]) for a, b in bounds)
+        self._buffers = [(np.empty(biggest, dtype=indices.dtype),
+                          np.empty(biggest, dtype=data.dtype)) for _ in range(2)]
+        raw = [RawReader.open(indices), RawReader.open(data)]
+        if None in raw:
+            for reader in raw:
+                if reader is not None:
+                    reader.close()
+            return
+        self._raw = raw
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="abc_helpers-read")
+        self._pending = self._pool.submit(self._load, 0)
+
+    def _load(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        r0, r1 = self._bounds[k]
+        a, b = int(self._indptr[r0]), int(self._indptr[r1])
+        ix_buf, d_buf = self._buffers[k % 2]
+        self._raw[0].read(a, b, ix_buf)
+        self._raw[1].read(a, b, d_buf)
+        return ix_buf[: b - a], d_buf[: b - a]
+
+    def __iter__(self):
+        bounds = self._bounds
+        if self._pool is None:  # h5py reads, in this thread
+            indices, data = self._x["indices"], self._x["data"]
+            for r0, r1 in bounds:
+                ix_buf, d_buf = self._buffers[0]
+                a, b = int(self._indptr[r0]), int(self._indptr[r1])
+                indices.read_direct(ix_buf, np.s_[a:b], np.s_[0:b - a])
+                data.read_direct(d_buf, np.s_[a:b], np.s_[0:b - a])
+                yield r0, r1, ix_buf[: b - a], d_buf[: b - a]
+            return
+        for k, (r0, r1) in enumerate(bounds):
+            ix, d = self._pending.result()
+            self._pending = self._pool.submit(self._load, k + 1) if k + 1 < len(bounds) else None
+            yield r0, r1, ix, d
+
+    def close(self) -> None:
+        """Stop the reader thread and close the files."""
+        if self._pool is not None:
+            if self._pending is not None:
+                self._pending.cancel()
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        for reader in self._raw:
+            reader.close()
+        self._raw = []
+
+    def __enter__(self) -> BlockReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def iter_blocks(x, indptr: np.ndarray, bounds: list[tuple[int, int]]):
     """Yield ``(r0, r1, indices, data)`` for each row block of a CSR/CSC group *x*.
 
-    The arrays are views of reused buffers, valid until the next block is requested. When the
-    datasets are stored raw, a background thread reads block k + 1 while block k is processed.
+    A generator over a :class:`BlockReader` (the arrays are valid until the next block).
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    if not bounds:
-        return
-    indices, data = x["indices"], x["data"]
-    biggest = max(int(indptr[b] - indptr[a]) for a, b in bounds)
-    buffers = [(np.empty(biggest, dtype=indices.dtype), np.empty(biggest, dtype=data.dtype))
-               for _ in range(2)]
-    raw = [RawReader.open(indices), RawReader.open(data)]
-    if None in raw:
-        for reader in raw:
-            if reader is not None:
-                reader.close()
-        ix_buf, d_buf = buffers[0]
-        for r0, r1 in bounds:
-            a, b = int(indptr[r0]), int(indptr[r1])
-            indices.read_direct(ix_buf, np.s_[a:b], np.s_[0:b - a])
-            data.read_direct(d_buf, np.s_[a:b], np.s_[0:b - a])
-            yield r0, r1, ix_buf[: b - a], d_buf[: b - a]
-        return
-
-    def load(k: int):
-        r0, r1 = bounds[k]
-        a, b = int(indptr[r0]), int(indptr[r1])
-        ix_buf, d_buf = buffers[k % 2]
-        raw[0].read(a, b, ix_buf)
-        raw[1].read(a, b, d_buf)
-        return ix_buf[: b - a], d_buf[: b - a]
-
-    try:
-        with ThreadPoolExecutor(1, thread_name_prefix="abc_helpers-read") as pool:
-            pending = pool.submit(load, 0)
-            for k, (r0, r1) in enumerate(bounds):
-                ix, d = pending.result()
-                if k + 1 < len(bounds):
-                    pending = pool.submit(load, k + 1)
-                yield r0, r1, ix, d
-    finally:
-        for reader in raw:
-            reader.close()
+    with BlockReader(x, indptr, bounds) as reader:
+        yield from reader

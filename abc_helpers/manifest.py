@@ -90,7 +90,7 @@ def format_size(nbytes: float) -> str:
     return f"{int(nbytes)} B"
 
 
-def _check_relative_path(relative_path: object, where: str) -> str:
+def check_relative_path(relative_path: object, where: str) -> str:
     """Refuse a relative path that is not a plain path inside the bucket."""
     if not isinstance(relative_path, str) or not relative_path:
         raise ValueError(f"Invalid manifest entry {where}: 'relative_path' must be a non-empty string.")
@@ -130,9 +130,10 @@ class Manifest:
     """
 
     def __init__(self, data: dict, name: str | None = None) -> None:
-        self.name = name or f"releases/{data.get('version', '?')}/manifest.json"
         if not isinstance(data, dict):
-            raise ValueError(f"Manifest '{self.name}' is not a JSON object.")
+            raise ValueError(f"Manifest '{name or '?'}' is not a JSON object: it is not an ABC Atlas "
+                             "release manifest, or it is damaged. Download it again.")
+        self.name = name or f"releases/{data.get('version', '?')}/manifest.json"
         for key in ("version", "resource_uri", "directory_listing", "file_listing"):
             if key not in data:
                 raise ValueError(f"Manifest '{self.name}' is missing the key '{key}': it is not an ABC "
@@ -143,7 +144,7 @@ class Manifest:
             self._files[directory] = list(self._parse_directory(directory, kinds))
         for directory, entry in data["directory_listing"].items():
             for kind, info in entry.get("directories", {}).items():
-                _check_relative_path(info.get("relative_path"), f"{directory}/{kind}")
+                check_relative_path(info.get("relative_path"), f"'{directory}/{kind}' of {self.name}")
 
     @classmethod
     def from_file(cls, path: str | Path, name: str | None = None) -> Manifest:
@@ -166,14 +167,14 @@ class Manifest:
 
     def _parse_files(self, directory: str, name: str, kind: str, files: dict) -> Iterator[FileAttributes]:
         for file_type, info in files.items():
-            where = f"'{directory}: {name}'"
+            where = f"'{directory}: {name}' of {self.name}"
             missing = [k for k in _FILE_KEYS if k not in info]
             if missing:
                 raise ValueError(f"Invalid manifest entry {where} in '{self.name}': missing {missing}.")
             yield FileAttributes(
                 directory=directory, name=name, kind=kind, file_type=file_type,
                 version=str(info["version"]),
-                relative_path=_check_relative_path(info["relative_path"], where),
+                relative_path=check_relative_path(info["relative_path"], where),
                 url=info["url"], size=int(info["size"]), file_hash=str(info["file_hash"]).lower(),
             )
 

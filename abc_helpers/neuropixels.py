@@ -35,6 +35,7 @@ import pandas as pd
 from filelock import FileLock
 
 from .cache import OutdatedManifestWarning
+from .manifest import check_relative_path
 from .sources import Source, get_source
 from .transfer import download, file_hash, list_objects
 
@@ -399,21 +400,31 @@ class VbnProjectCache:
 
     # -- files -------------------------------------------------------------------------------------
     def _local_rel(self, entry: dict) -> str:
-        """``<project>-<version>/<path below the project folder>``, the SDK's local layout."""
-        below = _relative_key(entry["url"]).split("/", 1)[1]
-        return f"{self._manifest['project_name']}-{self._manifest['manifest_version']}/{below}"
+        """``<project>-<version>/<path below the project folder>``, the SDK's local layout.
+
+        Raises ``ValueError`` if the manifest's URL would put the file outside the cache folder.
+        """
+        below = _relative_key(entry["url"]).split("/", 1)[-1]
+        rel = f"{self._manifest['project_name']}-{self._manifest['manifest_version']}/{below}"
+        check_relative_path(rel, f"'{entry['url']}' in {self._manifest_name}")
+        if self._cache_dir not in (self._cache_dir / rel).resolve().parents:
+            raise ValueError(f"Manifest {self._manifest_name}: '{entry['url']}' would be written "
+                             f"outside the cache folder '{self._cache_dir}': refused.")
+        return rel
 
     def _read_record(self) -> dict[str, str]:
         path = self._cache_dir / _RECORD
         return json.loads(path.read_text()) if path.exists() else {}
 
     def _record(self, rel: str, hexdigest: str) -> None:
+        """Record a verified file as ``"<blake2b hex>:<size>"`` (the size catches truncation)."""
         if self.local:
             return
         path = self._cache_dir / _RECORD
+        size = (self._cache_dir / rel).stat().st_size
         with FileLock(str(path) + ".lock"):
             record = self._read_record()
-            record[rel] = hexdigest
+            record[rel] = f"{hexdigest}:{size}"
             tmp = path.with_name(f"{_RECORD}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
             os.replace(tmp, path)
@@ -438,7 +449,8 @@ class VbnProjectCache:
         expected = entry["file_hash"].lower()
         record = self._read_record()
         if path.is_file():
-            if record.get(rel) == expected:
+            digest, _, size = record.get(rel, "").partition(":")
+            if digest == expected and size == str(path.stat().st_size):
                 return path
             if file_hash(path, "blake2b") == f"blake2b:{expected}":  # present but unrecorded
                 self._record(rel, expected)
@@ -447,9 +459,10 @@ class VbnProjectCache:
                 raise OSError(f"'{path}' does not match its manifest hash; run from_s3_cache to fetch it again.")
             LOGGER.warning("'%s' does not match its manifest hash: downloading it again.", path)
             path.unlink()
-        for other, digest in record.items():
+        for other, value in record.items():
             source = self._cache_dir / other
-            if digest == expected and source.is_file():
+            digest, _, size = value.partition(":")
+            if digest == expected and source.is_file() and size == str(source.stat().st_size):
                 LOGGER.info("Reusing '%s' for '%s' (same blake2b).", other, rel)
                 self._link(source, path)
                 for parsed in source.parent.glob(f"{source.stem}.{expected[:16]}.parquet"):
@@ -494,6 +507,8 @@ class VbnProjectCache:
             except (OSError, pa.ArrowException) as error:  # damaged: parse the CSV again
                 LOGGER.warning("Ignoring unreadable table cache '%s' (%s).", parsed, error)
         table = _read_csv_arrow(path)
+        if self.local:  # a local cache reads and never writes
+            return _to_frame(table, name)
         tmp = parsed.with_name(f"{parsed.name}.{os.getpid()}.tmp")
         try:
             strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
@@ -539,7 +554,9 @@ class VbnProjectCache:
         sessions = self.get_ecephys_session_table(filter_abnormalities=False)
         sid = int(ecephys_session_id)
         if sid not in sessions.index:
-            raise KeyError(f"No ecephys session {sid} in {self._manifest_name}; see "
+            valid = [int(i) for i in sessions.index[:10]]
+            raise KeyError(f"No ecephys session {sid} in {self._manifest_name}. Valid ids "
+                           f"({len(sessions)} in all) include {valid}; see "
                            "get_ecephys_session_table(filter_abnormalities=False).index.")
         file_id = sessions.loc[sid, self._manifest["metadata_file_id_column_name"]]
         entry = None if pd.isna(file_id) else self._manifest["data_files"].get(str(int(file_id)))

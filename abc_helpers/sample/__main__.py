@@ -1,4 +1,4 @@
-"""Command line: ``python -m abc_helpers.sample serve [--port N]`` and ``... build``."""
+"""Command line: ``python -m abc_helpers.sample serve [--port N]``, ``... build`` and ``... fill-mirror DIR``."""
 
 from __future__ import annotations
 
@@ -22,7 +22,22 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--root", default=None, help="serve this built world folder (default: the sample world)")
     s.add_argument("--fault", action="append", default=[],
                    help="inject a fault, e.g. 'drop-after=1000000,key=*units.csv,count=2'")
+    from ..mirror import add_arguments as add_mirror_arguments
+
+    m = sub.add_parser("fill-mirror", help="download real data (or any source) into a mirror folder "
+                       "for `serve --mirror`")
+    add_mirror_arguments(m)
     args = parser.parse_args(argv)
+
+    if args.command == "fill-mirror":
+        from ..mirror import run as fill_mirror
+
+        try:
+            print(fill_mirror(args), flush=True)
+        except (ValueError, KeyError, OSError, RuntimeError) as error:  # DownloadError is a RuntimeError
+            print(f"fill-mirror: {type(error).__name__}: {error}", file=sys.stderr)
+            return 1
+        return 0
 
     if args.command == "build":
         t0 = time.perf_counter()

@@ -63,6 +63,10 @@ SMALL_BODY = 64 * 1024
 API_PREFIXES = ("/api/v2/", "/grid_data/")
 #: Mirror-mode files that are cache bookkeeping, not objects.
 BOOKKEEPING_SUFFIXES = (".part", ".lock", ".tmp")
+#: Mirror mode: ``<DIR>/<bucket>/_versions/<version_id>/<key>`` holds the object versions that
+#: manifests name (``?versionId=`` requests); see :mod:`abc_helpers.mirror`.
+MIRROR_VERSIONS = "_versions"
+_VERSION_ID_RE = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 _RANGE_RE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
 _HAS_SENDFILE = hasattr(os, "sendfile")
@@ -220,6 +224,33 @@ class _Catalog:
             elif versions[0].size != st.st_size or versions[0].mtime_ns != st.st_mtime_ns:
                 versions[0] = self._mirror_version(key, path, st)
             return versions
+
+    def mirror_version(self, bucket: _Bucket, key: str, version_id: str) -> _Version | None | bool:
+        """A versioned request in mirror mode: the ``_versions/<id>/<key>`` file if there is one.
+
+        Returns the version, None if the bucket keeps versions but not this one, or False if the
+        bucket has no ``_versions/`` folder (a plain mirror: one version per key, so the current
+        file answers and the client's hash check catches a mismatch).
+        """
+        versions_dir = self.mirror / bucket.name / MIRROR_VERSIONS
+        if not versions_dir.is_dir():
+            return False
+        if version_id in (".", "..") or not _VERSION_ID_RE.match(version_id):
+            return None
+        parts = key.split("/")
+        if any(p in ("", ".", "..") for p in parts):
+            return None
+        path = versions_dir / version_id / key
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        if not path.is_file():
+            return None
+        version = self._mirror_version(key, path, st)
+        version.version_id = version_id
+        version.is_latest = False
+        return version
 
     # -- lookups --------------------------------------------------------------------------
     def lookup(self, bucket: _Bucket, key: str) -> list[_Version] | None:
@@ -784,10 +815,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _object(self, bucket: _Bucket, key: str, query: dict[str, list[str]]) -> None:
         catalog = self.server.app._catalog
-        versions = catalog.lookup(bucket, key)
+        version_id = query.get("versionId", [""])[0]
+        stored = None
+        if catalog.mirror is not None and version_id and version_id != "null":
+            stored = catalog.mirror_version(bucket, key, version_id)
+        versions = [stored] if stored else catalog.lookup(bucket, key)
         if not versions:
             raise _S3Error(404, "NoSuchKey", "The specified key does not exist.", Key=key)
-        version_id = query.get("versionId", [""])[0]
+        if stored is False:  # a plain mirror keeps one version per key: serve it
+            version_id = ""
         if version_id:
             match = [v for v in versions if v.version_id == version_id]
             if not match:

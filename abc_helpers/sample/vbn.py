@@ -548,6 +548,25 @@ def write_session_nwb(path: Path, session: pd.Series, tables: dict[str, pd.DataF
             id=ElementIdentifiers(name="id", data=units["unit_id"].to_numpy()))
         with NWBHDF5IO(str(path), "w") as nwb_io:
             nwb_io.write(nwb)
+    _retype_electrodes_for_old_readers(path)
+
+
+def _retype_electrodes_for_old_readers(path: Path) -> None:
+    """Store the electrodes table as a plain ``hdmf-common`` ``DynamicTable``, as the real files do.
+
+    pynwb >= 3 writes it as ``core`` ``ElectrodesTable``, a type that only NWB schema 2.9+ defines:
+    pynwb < 3 (what the AllenSDK 2.16 installs) then refuses the whole file with "No
+    specification for 'ElectrodesTable' in namespace 'core'". The real VBN files (NWB 2.2-2.5)
+    carry a ``DynamicTable`` there, which both old and new pynwb read (new pynwb still returns an
+    ``ElectrodesTable``).
+    """
+    import h5py
+
+    with h5py.File(path, "r+") as fh:
+        attrs = fh["general/extracellular_ephys/electrodes"].attrs
+        if attrs.get("neurodata_type") == "ElectrodesTable":
+            attrs["namespace"] = "hdmf-common"
+            attrs["neurodata_type"] = "DynamicTable"
 
 
 def generate(writer: WorldWriter) -> None:

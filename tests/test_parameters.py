@@ -1,0 +1,188 @@
+"""The parameters cell is a contract: every chapter, run by papermill with parameters other than its
+defaults, completes and its key outputs change accordingly.
+
+Each test skips (saying why) while its chapter does not exist yet. Cells tagged
+``raises-exception`` are allowed to fail (papermill itself flags them); any other error fails.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import warnings
+from pathlib import Path
+
+import nbformat
+import papermill as pm
+import pytest
+from papermill.exceptions import PapermillExecutionError
+
+from abc_helpers import AbcProjectCache, OutdatedManifestWarning
+from abc_helpers.neuropixels import VbnProjectCache
+
+BOOK = Path(__file__).resolve().parents[1] / "book"
+
+pytestmark = pytest.mark.slow
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def chapter(name: str) -> Path:
+    """The chapter's notebook, or skip the test if it does not exist yet."""
+    path = BOOK / f"{name}.ipynb"
+    if not path.exists():
+        pytest.skip(f"book/{name}.ipynb does not exist yet")
+    return path
+
+
+def parameters_of(path: Path) -> dict[str, object]:
+    """The defaults in the cell tagged ``parameters`` (names -> literal values)."""
+    nb = nbformat.read(path, as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, f"{path.name} needs exactly one cell tagged 'parameters' (has {len(cells)})"
+    out = {}
+    for node in ast.parse(cells[0].source).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            out[node.targets[0].id] = ast.literal_eval(node.value)
+    assert out.get("data_source") == "sample", f"{path.name}: data_source must default to 'sample'"
+    return out
+
+
+def run_chapter(path: Path, workdir: Path, /, **parameters) -> nbformat.NotebookNode:
+    """Execute *path* with papermill and *parameters*; return the executed notebook.
+
+    Papermill reports an error for cells tagged ``raises-exception`` too (after running every
+    cell); those are expected, any other error is re-raised.
+    """
+    out = workdir / f"{path.stem}.out.ipynb"
+    try:
+        pm.execute_notebook(str(path), str(out), parameters=parameters, cwd=str(path.parent),
+                            kernel_name="python3", progress_bar=False, log_output=False)
+    except PapermillExecutionError:
+        nb = nbformat.read(out, as_version=4)
+        unexpected = [c for c in nb.cells if c.cell_type == "code"
+                      and any(o.output_type == "error" for o in c.get("outputs", []))
+                      and "raises-exception" not in c.metadata.get("tags", [])]
+        if unexpected:
+            raise
+    nb = nbformat.read(out, as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert injected, "papermill did not inject the parameters (is the parameters cell tagged?)"
+    return nb
+
+
+def text_of(nb: nbformat.NotebookNode, needle: str) -> str:
+    """The text outputs (stream, text/plain, errors) of the first code cell containing *needle*."""
+    for cell in nb.cells:
+        if cell.cell_type == "code" and needle in cell.source:
+            parts = []
+            for o in cell.get("outputs", []):
+                if o.output_type == "stream":
+                    parts.append(o.text)
+                elif o.output_type in ("execute_result", "display_data"):
+                    parts.append(o.get("data", {}).get("text/plain", ""))
+                elif o.output_type == "error":
+                    parts.append(f"{o.ename}: {o.evalue}")
+            return "".join(parts)
+    raise AssertionError(f"no code cell contains {needle!r}")
+
+
+def stored(path: Path) -> nbformat.NotebookNode:
+    """The chapter as committed (outputs of the default parameters)."""
+    return nbformat.read(path, as_version=4)
+
+
+# -- chapter 1: getting started --------------------------------------------------------------------
+def test_getting_started_other_release(tmp_path, sample_source):
+    """getting_started opens another release (its `release` parameter, or a cache_dir last used
+    with it) and says so."""
+    path = chapter("getting_started")
+    params = parameters_of(path)
+    needle = "from_cache_dir("
+    assert "'releases/20231215/manifest.json'" in text_of(stored(path), needle)
+    if "release" in params:
+        nb = run_chapter(path, tmp_path, release="20230630", cache_dir=str(tmp_path / "cache"))
+    else:
+        # No release parameter (yet): a cache folder last used with an older release opens it.
+        cache = tmp_path / "cache"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OutdatedManifestWarning)
+            AbcProjectCache(cache, source=sample_source).load_manifest("20230630")
+        nb = run_chapter(path, tmp_path, cache_dir=str(cache))
+    opened = text_of(nb, needle)
+    assert "'releases/20230630/manifest.json'" in opened, opened
+    assert "OutdatedManifestWarning" in opened  # ... and the reader is told a newer one exists
+    # the rest of the chapter ran on the same folder: the cache_dir parameter was honoured
+    assert (tmp_path / "cache" / "releases" / "20230630" / "manifest.json").is_file()
+    assert (tmp_path / "cache" / "metadata" / "WMB-10X" / "20231215" / "gene.csv").is_file()
+
+
+# -- chapter 2: gene extraction --------------------------------------------------------------------
+def test_gene_extraction_other_genes_raw(tmp_path):
+    """gene_extraction with other genes and raw counts returns exactly those genes, as counts."""
+    path = chapter("gene_extraction")
+    params = parameters_of(path)
+    genes = ["Slc32a1", "Xkr4", "Tac2"]
+    assert genes != params["genes"] and params.get("data_type") == "log2"
+    nb = run_chapter(path, tmp_path, genes=genes, data_type="raw", cache_dir=str(tmp_path / "cache"))
+    table = text_of(nb, "gdata.head()")
+    match = re.search(r"\((\d+), (\d+)\)", table)
+    assert match and int(match.group(2)) == len(genes), table
+    header = next(line for line in table.splitlines() if line.startswith("gene_symbol"))
+    assert header.split()[1:] == genes, header
+    # raw counts are whole numbers (log2 values of the default run are not)
+    values = [float(v) for line in table.splitlines()[3:] for v in line.split()[1:]
+              if re.fullmatch(r"-?\d+(\.\d+)?", v)]
+    assert values and all(v == int(v) for v in values), table
+    default_values = text_of(stored(path), "gdata.head()")
+    assert re.search(r"\d+\.\d*[1-9]", default_values)
+
+
+# -- chapter 3: ISH grids --------------------------------------------------------------------------
+def test_ish_grids_other_plane(tmp_path):
+    """ish_grids on the other plane queries, downloads and stacks sagittal experiments."""
+    path = chapter("ish_grids")
+    params = parameters_of(path)
+    other = {"coronal": "sagittal", "sagittal": "coronal"}[params["plane"]]
+    genes = ["Pcp2", "Calb1", "Pvalb", "Gad1", "Drd1"]
+    nb = run_chapter(path, tmp_path, plane=other, genes=genes, show_gene="Pcp2",
+                     out_dir=str(tmp_path / "out"))
+    found = text_of(nb, "query_section_datasets(")
+    match = re.search(rf"(\d+) {other} experiments for (\d+) genes", found)
+    assert match, found
+    assert int(match.group(2)) == len(genes)
+    assert f"{params['plane']} experiments" in text_of(stored(path), "query_section_datasets(")
+    stacked = text_of(nb, "build_expression_stack(")
+    assert other in stacked and params["plane"] not in stacked.split("stack:")[-1], stacked
+    assert any((tmp_path / "out" / "grids").glob("*.zip"))
+
+
+# -- chapter 4: Neuropixels metadata ----------------------------------------------------------------
+def _session_parameter(params: dict) -> str | None:
+    names = [n for n in params if "session" in n]
+    return names[0] if names else None
+
+
+def test_neuropixels_other_session(tmp_path):
+    """neuropixels_metadata on another session shows that session."""
+    path = chapter("neuropixels_metadata")
+    name = _session_parameter(parameters_of(path))
+    if name is None:
+        pytest.skip("neuropixels_metadata has no session parameter yet (e.g. `session_id = None`)")
+    nb = run_chapter(path, tmp_path, **{name: 1041593107}, cache_dir=str(tmp_path / "cache"))
+    shown = "".join(text_of(nb, needle) for needle in ("session.metadata",))
+    assert "1041593107" in shown, shown
+    assert "1041593107" not in text_of(stored(path), "session.metadata")
+
+
+def test_neuropixels_cache_dir_last_used_manifest(tmp_path, sample_source):
+    """neuropixels_metadata on a cache folder last used with manifest v0.1.0 opens that manifest."""
+    path = chapter("neuropixels_metadata")
+    old = "visual-behavior-neuropixels_project_manifest_v0.1.0.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutdatedManifestWarning)
+        VbnProjectCache.from_s3_cache(tmp_path / "cache", source=sample_source,
+                                      progressbar=False).load_manifest(old)
+    nb = run_chapter(path, tmp_path, cache_dir=str(tmp_path / "cache"))
+    assert old not in text_of(stored(path), "cache.current_manifest()")
+    assert old in text_of(nb, "cache.current_manifest()")
+    assert old in text_of(nb, "cache.list_all_downloaded_manifests()")
