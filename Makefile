@@ -24,7 +24,7 @@ book: $(STAMP)
 ## Run every test, including nbval over the stored outputs of book/*.ipynb.
 test: $(STAMP)
 	$(PY) -m abc_helpers.sample build
-	$(PY) -m pytest tests --nbval book --nbval-sanitize-with book/sanitize.cfg -p no:cacheprovider
+	$(PY) -m pytest tests abc_helpers --doctest-modules --nbval book --nbval-sanitize-with book/sanitize.cfg -p no:cacheprovider
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check abc_helpers tests bench
