@@ -242,12 +242,18 @@ class BlockReader:
     processed, and block 0 is already being read when the constructor returns, so the caller can
     do other work (read gene names, ...) meanwhile. Use it as a context manager, or call
     :meth:`close`.
+
+    *inspect*, if given, is called as ``inspect(r0, r1, indices)`` on each block right after it
+    is read, in the reader thread (while the block is in that core's cache; numpy releases the
+    GIL for large array operations), and its result is yielded as a fifth item.
     """
 
-    def __init__(self, x, indptr: np.ndarray, bounds: list[tuple[int, int]]) -> None:
+    def __init__(self, x, indptr: np.ndarray, bounds: list[tuple[int, int]],
+                 inspect=None) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         self._x, self._indptr, self._bounds = x, indptr, bounds
+        self._inspect = inspect
         self._pool = self._pending = None
         self._raw: list[RawReader] = []
         if not bounds:
@@ -266,13 +272,14 @@ class BlockReader:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="abc_helpers-read")
         self._pending = self._pool.submit(self._load, 0)
 
-    def _load(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _load(self, k: int) -> tuple[np.ndarray, np.ndarray, object]:
         r0, r1 = self._bounds[k]
         a, b = int(self._indptr[r0]), int(self._indptr[r1])
         ix_buf, d_buf = self._buffers[k % 2]
         self._raw[0].read(a, b, ix_buf)
         self._raw[1].read(a, b, d_buf)
-        return ix_buf[: b - a], d_buf[: b - a]
+        ix = ix_buf[: b - a]
+        return ix, d_buf[: b - a], None if self._inspect is None else self._inspect(r0, r1, ix)
 
     def __iter__(self):
         bounds = self._bounds
@@ -283,12 +290,14 @@ class BlockReader:
                 a, b = int(self._indptr[r0]), int(self._indptr[r1])
                 indices.read_direct(ix_buf, np.s_[a:b], np.s_[0:b - a])
                 data.read_direct(d_buf, np.s_[a:b], np.s_[0:b - a])
-                yield r0, r1, ix_buf[: b - a], d_buf[: b - a]
+                ix = ix_buf[: b - a]
+                info = None if self._inspect is None else self._inspect(r0, r1, ix)
+                yield r0, r1, ix, d_buf[: b - a], info
             return
         for k, (r0, r1) in enumerate(bounds):
-            ix, d = self._pending.result()
+            ix, d, info = self._pending.result()
             self._pending = self._pool.submit(self._load, k + 1) if k + 1 < len(bounds) else None
-            yield r0, r1, ix, d
+            yield r0, r1, ix, d, info
 
     def close(self) -> None:
         """Stop the reader thread and close the files."""
@@ -314,4 +323,5 @@ def iter_blocks(x, indptr: np.ndarray, bounds: list[tuple[int, int]]):
     A generator over a :class:`BlockReader` (the arrays are valid until the next block).
     """
     with BlockReader(x, indptr, bounds) as reader:
-        yield from reader
+        for r0, r1, ix, d, _ in reader:
+            yield r0, r1, ix, d

@@ -24,16 +24,18 @@ from tqdm import tqdm
 
 from ._h5ad import (
     DEFAULT_BLOCK_NNZ,
+    BlockReader,
     block_bounds,
-    iter_blocks,
     matrix_layout,
 )
 from .gene_index import (
+    NoFastPath,
     _data_files,
     build_gene_index,
     find_gene_index,
+    index_tables,
     read_obs_labels,
-    read_var_column,
+    var_positions,
 )
 
 LOGGER = logging.getLogger("abc_helpers")
@@ -66,57 +68,96 @@ def _row_map(obs: pd.Index, labels: pd.Index, path: str) -> np.ndarray | None:
     return obs.get_indexer(labels)
 
 
-def _first_positions(values: np.ndarray, wanted: pd.Index) -> np.ndarray:
-    """Position of the first occurrence of each *wanted* value in *values* (-1 if absent)."""
-    index = pd.Index(values)
-    if index.is_unique:
-        return index.get_indexer(wanted)
-    first = ~index.duplicated()
-    found = index[first].get_indexer(wanted)
-    return np.where(found >= 0, np.flatnonzero(first)[found], -1)
-
-
 def _gene_columns(h5file, genes: Sequence[str]) -> np.ndarray:
     """Column of each gene (a var index value or a ``gene_symbol``) in ``X``; -1 if absent."""
-    wanted = pd.Index(genes)
-    cols = _first_positions(read_var_column(h5file, None), wanted)
+    cols = var_positions(h5file, None, genes)
     if (cols < 0).any() and "gene_symbol" in h5file["var"]:
-        by_symbol = _first_positions(read_var_column(h5file, "gene_symbol"), wanted)
-        cols = np.where(cols >= 0, cols, by_symbol)
-    return np.asarray(cols, dtype=np.int64)
+        cols = np.where(cols >= 0, cols, var_positions(h5file, "gene_symbol", genes))
+    return cols
 
 
 def _stream_csr(x, layout, cols, rows_out, out, block_nnz, progress) -> None:
-    """Fill *out* from a CSR ``X`` group by streaming row blocks; only *cols* are kept."""
+    """Fill *out* from a CSR ``X`` group by streaming row blocks; only *cols* are kept.
+
+    *rows_out* gives the output row of each file row (-1: not wanted); blocks with no wanted row
+    are not read.
+    """
+    indptr = x["indptr"][()].astype(np.int64, copy=False)
+    needed = np.flatnonzero(rows_out >= 0)
+    if needed.size == 0:
+        return
+    first, last = int(needed[0]), int(needed[-1]) + 1
+    wanted = np.concatenate([[0], np.cumsum(rows_out >= 0)])
+    bounds = block_bounds(indptr, block_nnz, first, last)
+    skipped = [(a, b) for a, b in bounds if wanted[b] == wanted[a]]
+    bounds = [(a, b) for a, b in bounds if wanted[b] > wanted[a]]
+    if progress:
+        progress(sum(b - a for a, b in skipped))
+    with BlockReader(x, indptr, bounds, _sortedness_check(indptr)) as reader:
+        _process_blocks(reader, indptr, layout.shape[1], cols, rows_out, out, progress)
+
+
+def _stream_whole(h5file, layout, genes, block_nnz, progress):
+    """Stream every row of a CSR ``X`` in file order, then read the cell labels.
+
+    The reader thread starts on block 0 before the gene names are looked up. (Decoding the labels
+    a slice per block, between blocks, was measured slower: h5py holds the GIL while it decodes,
+    and slices cost more than one read.)
+
+    Returns
+    -------
+    tuple
+        ``(labels of the file, column of each gene, values)``: *values* holds one column per
+        gene (a repeated gene is filled from its first column), rows in file order.
+    """
+    x = h5file["X"]
     n_obs, n_vars = layout.shape
     indptr = x["indptr"][()].astype(np.int64, copy=False)
+    bounds = block_bounds(indptr, block_nnz)
+    with BlockReader(x, indptr, bounds, _sortedness_check(indptr)) as reader:
+        cols = _gene_columns(h5file, genes)
+        out = np.zeros((n_obs, len(cols)), dtype=np.float32)
+        _process_blocks(reader, indptr, n_vars, _first_columns(cols), None, out, progress)
+    return read_obs_labels(h5file), cols, out
+
+
+def _first_columns(cols: np.ndarray) -> np.ndarray:
+    """*cols* with every repeat of a column set to -1 (read each column once)."""
+    _, first = np.unique(cols, return_index=True)
+    read = np.full_like(cols, -1)
+    read[first] = cols[first]
+    return read
+
+
+def _sortedness_check(indptr: np.ndarray):
+    """An ``inspect`` for :class:`BlockReader`: is each row of the block sorted? (reader thread)"""
+    scratch = [np.empty(0, dtype=bool)]
+
+    def inspect(r0: int, r1: int, ix: np.ndarray) -> bool:
+        if scratch[0].size < len(ix):
+            scratch[0] = np.empty(len(ix), dtype=bool)
+        return _rows_sorted(ix, indptr[r0:r1 + 1] - indptr[r0], scratch[0])
+    return inspect
+
+
+def _process_blocks(blocks, indptr, n_vars, cols, rows_out, out, progress) -> None:
+    """Keep the values of *cols* from each ``(r0, r1, indices, data, rows sorted)`` block.
+
+    *blocks* is a :class:`BlockReader` (with :func:`_sortedness_check` as its inspect, or None).
+    """
     present = np.flatnonzero(cols >= 0)
     selected = np.zeros(n_vars, dtype=bool)  # a bool table indexed by int64 is numpy's fastest
     selected[cols[present]] = True
     column_of = np.full(n_vars, -1, dtype=np.int64)
     column_of[cols[present]] = present
-    if rows_out is None:
-        first, last, wanted = 0, n_obs, None
-    else:
-        needed = np.flatnonzero(rows_out >= 0)
-        if needed.size == 0:
-            return
-        first, last = int(needed[0]), int(needed[-1]) + 1
-        wanted = np.concatenate([[0], np.cumsum(rows_out >= 0)])
-    bounds = block_bounds(indptr, block_nnz, first, last)
-    if wanted is not None:
-        skipped = [(a, b) for a, b in bounds if wanted[b] == wanted[a]]
-        bounds = [(a, b) for a, b in bounds if wanted[b] > wanted[a]]
-        if progress:
-            progress(sum(b - a for a, b in skipped))
     targets = cols[present]
     order = np.argsort(targets)
     targets, target_column = targets[order], present[order]
-    for r0, r1, ix, d in iter_blocks(x, indptr, bounds):
+    for r0, r1, ix, d, rows_sorted in blocks:
         starts = indptr[r0:r1 + 1] - indptr[r0]
         found = None
-        if (r1 - r0) * len(targets) * SEARCH_COST < len(ix):  # few rows x genes: binary search
-            found = _search_sorted_rows(ix, starts, targets)
+        if len(targets) and (r1 - r0) * len(targets) * SEARCH_COST < len(ix):
+            found = _search_sorted_rows(ix, starts, targets, rows_sorted=rows_sorted)
         if found is not None:
             pos, local_rows, t = found
             rows, j = local_rows + r0, target_column[t]
@@ -136,36 +177,59 @@ def _stream_csr(x, layout, cols, rows_out, out, block_nnz, progress) -> None:
             progress(r1 - r0)
 
 
-def _search_sorted_rows(ix: np.ndarray, starts: np.ndarray, targets: np.ndarray):
+def _rows_sorted(ix: np.ndarray, starts: np.ndarray, scratch: np.ndarray | None = None) -> bool:
+    """True if the indices of every row of a CSR block are strictly increasing.
+
+    One comparison per value; *scratch* (bool, at least ``len(ix)``) avoids an allocation.
+    """
+    n = len(ix)
+    if n < 2:
+        return True
+    bad = np.less_equal(ix[1:], ix[:-1], out=None if scratch is None else scratch[:n - 1])
+    edges = starts[1:-1]
+    bad[edges[(edges > 0) & (edges < n)] - 1] = False  # a row's first value follows another row
+    return not bad.any()
+
+
+def _search_sorted_rows(ix: np.ndarray, starts: np.ndarray, targets: np.ndarray,
+                        scratch: np.ndarray | None = None, rows_sorted: bool | None = None):
     """Find sorted *targets* in each row of a CSR block whose rows have sorted indices.
 
     A vectorized binary search over every (row, target) pair: it touches about
-    ``rows x targets x log2(row length)`` values instead of the whole block. Returns
+    ``rows x targets x log2(row length)`` values instead of the whole block. *rows_sorted* is
+    :func:`_rows_sorted` of the block if already known (it is computed otherwise). Returns
     ``(positions, local rows, target numbers)`` of the hits, or None if some row of the block is
     not sorted (the caller then scans the block).
     """
     n = len(ix)
     if n == 0:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
-    breaks = np.flatnonzero(ix[1:] <= ix[:-1]) + 1
-    if breaks.size and not np.isin(breaks, starts[1:-1]).all():
+    if rows_sorted is None:
+        rows_sorted = _rows_sorted(ix, starts, scratch)
+    if not rows_sorted:
         return None
     k = len(targets)
-    lo = np.repeat(starts[:-1], k)
-    hi = np.repeat(starts[1:], k)
-    end = hi.copy()
-    t = np.tile(targets, len(starts) - 1)
-    active = lo < hi
-    while active.any():
-        mid = (lo + hi) >> 1
-        below = ix[np.minimum(mid, n - 1)] < t
-        lo = np.where(active & below, mid + 1, lo)
-        hi = np.where(active & ~below, mid, hi)
-        active = lo < hi
-    hit = lo < end
-    hit[hit] = ix[lo[hit]] == t[hit]
-    q = np.flatnonzero(hit)
-    return lo[q], q // k, q % k
+    bounds = starts.astype(np.int64, copy=False)
+    base = np.repeat(bounds[:-1], k)  # one (row, target) pair per element
+    length = np.repeat(np.diff(bounds), k)
+    t = np.tile(targets.astype(ix.dtype, copy=False), len(bounds) - 1)
+    end = base + length
+    half, probe = np.empty_like(length), np.empty_like(base)
+    less, vals = np.empty(len(base), dtype=bool), np.empty(len(base), dtype=ix.dtype)
+    # branchless lower bound, the same number of steps for every pair (few numpy calls)
+    for _ in range(int(length.max(initial=0)).bit_length()):
+        np.right_shift(length, 1, out=half)
+        np.add(base, half, out=probe)
+        np.take(ix, probe, out=vals, mode="clip")
+        np.less(vals, t, out=less)
+        base += half * less
+        length -= half
+    inside = base < end
+    np.take(ix, base, out=vals, mode="clip")
+    base += (vals < t) & inside
+    np.take(ix, base, out=vals, mode="clip")
+    q = np.flatnonzero((base < end) & (vals == t))
+    return base[q], q // k, q % k
 
 
 def _read_csc(x, cols, rows_out, out) -> None:
@@ -208,46 +272,86 @@ def _read_dense(x, layout, cols, rows_out, out, block_nnz, progress) -> None:
             progress(r1 - r0)
 
 
+def _file_rows(h5file, labels: pd.Index | None, path: str):
+    """Match *labels* to the rows of an open h5ad file.
+
+    Returns ``(rows_in, obs)``: the file row of each label (-1 if absent; None if *labels* are the
+    file's cells in order, or None) and the file's labels as an Index if they had to be decoded.
+    A gene index is matched through its fixed-width keys and sorted hashes (no decoding).
+    """
+    tables = index_tables(h5file)
+    if tables is not None:
+        if labels is None:
+            return None, tables.index(h5file)
+        try:
+            return tables.rows_of(h5file, labels), None
+        except NoFastPath as reason:
+            LOGGER.debug("%s: matching the cell labels as strings (%s)", path, reason)
+            obs = tables.index(h5file)
+    else:
+        obs = read_obs_labels(h5file)
+    if labels is None:
+        return None, obs
+    return _row_map(obs, labels, path), obs
+
+
 def _extract_task(path: str, labels, genes: Sequence[str], block_nnz: int = DEFAULT_BLOCK_NNZ,
                   progress: Callable[[int], None] | None = None) -> dict:
     """Read *genes* for the cells *labels* from one h5ad file (the unit of work of an executor).
 
+    When all the rows of a CSR file are wanted (*labels* None or as many as the file's rows), the
+    file is streamed in file order and the labels are matched at the end (their decoding hides
+    behind the I/O); otherwise the labels are matched first, so blocks with no wanted cell are
+    skipped.
+
     Returns a dict with ``values`` (float32, cells x genes; NaN rows for cells not in the file,
     NaN columns for genes not in it), ``missing_cells`` (count), ``missing_genes`` (names),
-    ``layout`` and ``seconds``.
+    ``layout``, ``seconds`` and ``obs`` (the file's labels when *labels* is None, else None).
     """
     import h5py
 
     started = time.perf_counter()
+    genes = list(genes)
+    labels = None if labels is None else pd.Index(labels)
+    want_all = labels is None
     with h5py.File(path, "r") as f:
         layout = matrix_layout(f)
-        obs = read_obs_labels(f)
-        labels = obs if labels is None else pd.Index(labels)
-        rows_out = None
-        if labels is not obs:
-            rows_in = _row_map(obs, labels, path)
+        if layout.encoding == "csr_matrix" and (want_all or len(labels) == layout.shape[0]):
+            obs, cols, out = _stream_whole(f, layout, genes, block_nnz, progress)
+            rows_in = None if want_all else _row_map(obs, labels, path)
             if rows_in is not None:
-                rows_out = np.full(len(obs), -1, dtype=np.int64)
                 found = rows_in >= 0
-                rows_out[rows_in[found]] = np.flatnonzero(found)
-        cols = _gene_columns(f, list(genes))
-        unique_cols, expand = np.unique(cols, return_inverse=True)
-        out = np.zeros((len(labels), len(unique_cols)), dtype=np.float32)
-        x = f["X"]
-        if layout.encoding == "csr_matrix":
-            _stream_csr(x, layout, unique_cols, rows_out, out, block_nnz, progress)
-        elif layout.encoding == "csc_matrix":
-            _read_csc(x, unique_cols, rows_out, out)
+                out = out[np.where(found, rows_in, 0)]
+                out[~found] = np.nan
+            missing_cells = 0 if rows_in is None else int((rows_in < 0).sum())
         else:
-            _read_dense(x, layout, unique_cols, rows_out, out, block_nnz, progress)
-    if not np.array_equal(unique_cols, cols):
-        out = out[:, expand.ravel()]
-    missing_cells = 0
-    if rows_out is not None:
-        found = np.zeros(len(labels), dtype=bool)
-        found[rows_out[rows_out >= 0]] = True
-        missing_cells = int((~found).sum())
-        out[~found] = np.nan
+            rows_in, obs = _file_rows(f, labels, path)
+            n_out = layout.shape[0] if want_all else len(labels)
+            rows_out = None
+            if rows_in is not None:
+                rows_out = np.full(layout.shape[0], -1, dtype=np.int64)
+                found_in = rows_in >= 0
+                rows_out[rows_in[found_in]] = np.flatnonzero(found_in)
+            cols = _gene_columns(f, genes)
+            read = _first_columns(cols)
+            out = np.zeros((n_out, len(cols)), dtype=np.float32)
+            x = f["X"]
+            if layout.encoding == "csr_matrix":
+                _stream_csr(x, layout, read, rows_out, out, block_nnz, progress)
+            elif layout.encoding == "csc_matrix":
+                _read_csc(x, read, rows_out, out)
+            else:
+                _read_dense(x, layout, read, rows_out, out, block_nnz, progress)
+            missing_cells = 0
+            if rows_out is not None:
+                found = np.zeros(n_out, dtype=bool)
+                found[rows_out[rows_out >= 0]] = True
+                missing_cells = int((~found).sum())
+                out[~found] = np.nan
+    repeats = np.flatnonzero((_first_columns(cols) < 0) & (cols >= 0))
+    if repeats.size:
+        first = {int(c): j for j, c in reversed(list(enumerate(cols)))}
+        out[:, repeats] = out[:, [first[int(cols[j])] for j in repeats]]
     out[:, cols < 0] = np.nan
     return {
         "values": out,
@@ -255,6 +359,7 @@ def _extract_task(path: str, labels, genes: Sequence[str], block_nnz: int = DEFA
         "missing_genes": [g for g, c in zip(genes, cols, strict=True) if c < 0],
         "layout": layout.encoding,
         "seconds": time.perf_counter() - started,
+        "obs": obs if want_all else None,
     }
 
 
@@ -318,12 +423,7 @@ def extract_genes_from_h5ad(
     if result["missing_cells"]:
         warnings.warn(f"{result['missing_cells']} of {len(result['values'])} cells are not in "
                       f"'{path}'; their rows are NaN.", MissingCellsWarning, stacklevel=2)
-    index = pd.Index(cell_labels) if cell_labels is not None else None
-    if index is None:
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            index = read_obs_labels(f)
+    index = pd.Index(cell_labels) if cell_labels is not None else result["obs"].copy()
     index.name = "cell_label"
     return pd.DataFrame(result["values"], index=index, columns=pd.Index(genes, name="gene"))
 

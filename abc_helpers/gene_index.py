@@ -24,7 +24,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,7 @@ from ._h5ad import block_bounds, matrix_layout, read_index
 
 LOGGER = logging.getLogger("abc_helpers")
 
-__all__ = ["build_gene_index", "find_gene_index", "gene_index_path", "indexed_labels",
+__all__ = ["build_gene_index", "find_gene_index", "gene_index_path", "index_tables",
            "read_gene_index_info", "write_gene_index"]
 
 #: The format written by this version; an index with another format is rebuilt.
@@ -50,7 +49,7 @@ LABEL_KEYS = INFO_GROUP + "/obs_label_keys"
 #: :func:`label_hashes` of the keys, sorted, and the file row of each sorted hash.
 LABEL_HASHES = INFO_GROUP + "/obs_label_hashes_sorted"
 LABEL_ORDER = INFO_GROUP + "/obs_label_order"
-#: How many files' labels :func:`indexed_labels` keeps in memory (most recently used).
+#: How many files' tables :func:`index_tables` keeps in memory (most recently used).
 LABEL_CACHE_SIZE = 4
 #: Stored values per sorted run (memory is about 16 bytes per value).
 DEFAULT_RUN_NNZ = 1 << 23
@@ -72,20 +71,22 @@ def read_obs_labels(h5file) -> pd.Index:
 
 
 class NoFastPath(Exception):
-    """The labels cannot be matched by :meth:`IndexedLabels.rows_of` (the caller falls back)."""
+    """The labels cannot be matched by :meth:`IndexTables.rows_of` (the caller falls back)."""
 
 
-def label_keys(values) -> np.ndarray | None:
-    """Return labels as fixed-width ASCII bytes padded to a multiple of 8 bytes, or None.
+def label_keys(values, width: int | None = None) -> np.ndarray | None:
+    """Return ASCII labels as fixed-width bytes, padded to a multiple of 8 bytes, or None.
 
-    None when a label is not ASCII text (it cannot be a key; use the string path).
+    *width* (a multiple of 8): the width to use; longer labels are cut, so the caller must check
+    them (see :meth:`IndexTables.rows_of`). None when a label is not ASCII text.
     """
     try:
-        keys = np.asarray(values, dtype="S")
+        keys = np.asarray(values, dtype="S" if width is None else f"S{width}")
     except (UnicodeEncodeError, TypeError, ValueError):
         return None
-    width = -(-max(keys.dtype.itemsize, 1) // 8) * 8
-    return keys.astype(f"S{width}", copy=False)
+    if width is None:
+        keys = keys.astype(f"S{-(-max(keys.dtype.itemsize, 1) // 8) * 8}", copy=False)
+    return keys
 
 
 def label_hashes(keys: np.ndarray) -> np.ndarray:
@@ -103,100 +104,131 @@ def label_hashes(keys: np.ndarray) -> np.ndarray:
     return h
 
 
-@dataclass
-class IndexedLabels:
-    """The cell labels of a gene index, loaded from its fixed-width keys and sorted hashes."""
+class IndexTables:
+    """The cell labels and gene names of one gene index file, read lazily and kept.
 
-    keys: np.ndarray  #: fixed-width bytes, file order
-    hashes: np.ndarray  #: label_hashes(keys), sorted
-    order: np.ndarray  #: file row of each sorted hash
-    blob_key: tuple = ()  #: (path, dataset) of the UTF-8 labels, read only if asked for
-    _index: pd.Index | None = field(default=None, repr=False)
+    Each piece is read from the open file passed in on first use: the labels as one UTF-8 text
+    (to compare a caller's labels in one memory comparison), their fixed-width keys with sorted
+    hashes (to match labels in another order without decoding strings), the ``var`` texts (to
+    find genes with ``bytes.find``), and the labels as a pandas Index only if asked for.
+    """
 
-    @property
-    def unique(self) -> bool:
-        """True if no two labels share a hash (so no two labels are equal)."""
-        return not (self.hashes[1:] == self.hashes[:-1]).any()
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._pieces: dict[str, object] = {}
 
-    def index(self) -> pd.Index:
-        """The labels as a pandas Index of ``str`` (decoded once, then kept)."""
-        if self._index is None:
-            import h5py
+    def _get(self, name: str, load):
+        with self._lock:
+            if name not in self._pieces:
+                self._pieces[name] = load()
+            return self._pieces[name]
 
-            path, key = self.blob_key
-            with h5py.File(path, "r") as f:
-                labels = _read_blob(f, key)
-            self._index = pd.Index(labels, dtype=object)
-        return self._index
+    def text(self, h5file) -> bytes:
+        """The cell labels joined by newlines, UTF-8."""
+        return self._get("text", lambda: h5file[LABELS_BLOB][()].tobytes())
 
-    def rows_of(self, labels: pd.Index) -> np.ndarray | None:
+    def n_obs(self, h5file) -> int:
+        """The number of cells."""
+        return int(h5file["X"].attrs["shape"][0])
+
+    def index(self, h5file) -> pd.Index:
+        """The cell labels as a pandas Index of ``str``."""
+        def load() -> pd.Index:
+            text = self.text(h5file).decode("utf-8")
+            return pd.Index(text.split("\n") if text else [], dtype=object)
+        return self._get("index", load)
+
+    def keys(self, h5file) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """``(fixed-width keys, sorted hashes, file row of each sorted hash)`` or None."""
+        def load():
+            if LABEL_KEYS not in h5file:
+                return None
+            return h5file[LABEL_KEYS][()], h5file[LABEL_HASHES][()], h5file[LABEL_ORDER][()]
+        return self._get("keys", load)
+
+    def var_text(self, h5file, column: str | None) -> tuple[bytes, np.ndarray] | None:
+        """A ``var`` column as newline-framed UTF-8 text and the positions of its newlines."""
+        key = f"{INFO_GROUP}/var_{column or 'index'}_utf8"
+
+        def load():
+            if key not in h5file:
+                return None
+            text = b"\n" + h5file[key][()].tobytes() + b"\n"
+            return text, np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == 10)
+        return self._get(key, load)
+
+    def rows_of(self, h5file, labels: pd.Index) -> np.ndarray | None:
         """File row of each label (-1 if absent), or None if *labels* are the file's in order.
 
-        Vectorized: the labels are turned into fixed-width keys, equal arrays are one memory
-        comparison, else each label's hash is looked up in the sorted hashes and the key found
-        there is compared with the label's, so a match is exact.
+        The labels joined by newlines are compared with the stored text (one memory
+        comparison). Otherwise they are turned into fixed-width keys whose hashes are looked up in
+        the sorted hashes, and the key found there is compared with the label's: a match is exact.
 
         Raises
         ------
         NoFastPath
-            If *labels* are not all ASCII strings, or two labels of the file share a hash.
+            If a label is not a ``str``, or the labels are not all ASCII, or the file has no
+            keys, or two labels of the file share a hash (e.g. duplicated labels).
         """
-        if self._index is not None and labels is self._index:
+        if labels is self._pieces.get("index"):
             return None
-        if labels.dtype != object or not pd.api.types.is_string_dtype(labels):
-            raise NoFastPath("labels are not strings")
-        keys = label_keys(labels.to_numpy())
-        if keys is None:
-            raise NoFastPath("labels are not ASCII")
-        width = self.keys.dtype.itemsize
-        too_long = None
-        if keys.dtype.itemsize > width:
-            too_long = np.char.str_len(keys) > width
-            keys = keys.astype(self.keys.dtype)
-        elif keys.dtype.itemsize < width:
-            keys = keys.astype(self.keys.dtype)
-        if too_long is None and len(keys) == len(self.keys) and np.array_equal(keys, self.keys):
+        values = labels.to_numpy()
+        try:
+            text = "\n".join(values.tolist()).encode("utf-8")
+        except (TypeError, UnicodeEncodeError) as error:
+            raise NoFastPath(f"labels are not all str ({error})") from None
+        if len(values) == self.n_obs(h5file) and text == self.text(h5file):
             return None
-        if not self.unique:
+        stored = self.keys(h5file)
+        if stored is None or not text.isascii() or b"\0" in text:
+            raise NoFastPath("labels are not all ASCII or the file has no label keys")
+        keys, hashes, order = stored
+        if (hashes[1:] == hashes[:-1]).any():
             raise NoFastPath("two labels of the file share a hash")
-        h = label_hashes(keys)
-        pos = np.minimum(np.searchsorted(self.hashes, h), max(len(self.hashes) - 1, 0))
-        if len(self.hashes) == 0:
-            return np.full(len(keys), -1, dtype=np.int64)
-        rows = self.order[pos].astype(np.int64)
-        found = (self.hashes[pos] == h) & (self.keys[rows] == keys)
-        if too_long is not None:
-            found &= ~too_long
+        if len(keys) == 0:
+            return np.full(len(values), -1, dtype=np.int64)
+        width = keys.dtype.itemsize
+        wide = label_keys(values, width + 8)  # a byte past *width* marks a too long label
+        if wide is None:
+            raise NoFastPath("labels are not ASCII")
+        grid = wide.view(np.uint8).reshape(len(wide), width + 8)
+        too_long = grid[:, width] != 0
+        mine = np.ascontiguousarray(grid[:, :width]).view(keys.dtype).ravel()
+        h = label_hashes(mine)
+        by_hash = np.argsort(h)
+        pos = np.empty(len(h), dtype=np.int64)
+        pos[by_hash] = np.searchsorted(hashes, h[by_hash])  # sorted queries: cache friendly
+        np.minimum(pos, len(hashes) - 1, out=pos)
+        rows = order[pos].astype(np.int64)
+        found = (hashes[pos] == h) & (keys[rows] == mine) & ~too_long
         return np.where(found, rows, -1)
 
 
-_LABELS_CACHE: OrderedDict[tuple, IndexedLabels] = OrderedDict()
-_LABELS_LOCK = threading.Lock()
+_TABLES: OrderedDict[tuple, IndexTables] = OrderedDict()
+_TABLES_LOCK = threading.Lock()
 
 
-def indexed_labels(h5file) -> IndexedLabels | None:
-    """The :class:`IndexedLabels` of an open gene index, or None if it has no label keys.
+def index_tables(h5file) -> IndexTables | None:
+    """The :class:`IndexTables` of an open gene index file, or None if it is not one.
 
     Kept in memory for the last :data:`LABEL_CACHE_SIZE` files, keyed by path, size and
-    modification time, so repeated queries in one session do not read them again.
+    modification time, so repeated queries in one session do not read them again (the first
+    query of a session reads them: about 10 MB for 200,000 cells).
     """
-    if LABEL_KEYS not in h5file:
+    if LABELS_BLOB not in h5file:
         return None
     path = os.path.abspath(h5file.filename)
     st = os.stat(path)
     key = (path, st.st_size, st.st_mtime_ns)
-    with _LABELS_LOCK:
-        found = _LABELS_CACHE.get(key)
-        if found is not None:
-            _LABELS_CACHE.move_to_end(key)
-            return found
-    labels = IndexedLabels(h5file[LABEL_KEYS][()], h5file[LABEL_HASHES][()],
-                           h5file[LABEL_ORDER][()], (path, LABELS_BLOB))
-    with _LABELS_LOCK:
-        _LABELS_CACHE[key] = labels
-        while len(_LABELS_CACHE) > LABEL_CACHE_SIZE:
-            _LABELS_CACHE.popitem(last=False)
-    return labels
+    with _TABLES_LOCK:
+        tables = _TABLES.get(key)
+        if tables is None:
+            tables = _TABLES[key] = IndexTables()
+            while len(_TABLES) > LABEL_CACHE_SIZE:
+                _TABLES.popitem(last=False)
+        else:
+            _TABLES.move_to_end(key)
+        return tables
 
 
 def _write_label_keys(group, labels: pd.Index) -> None:
@@ -222,25 +254,25 @@ def var_positions(h5file, column: str | None, wanted: Sequence[str]) -> np.ndarr
     """Row of the first occurrence of each *wanted* value in a ``var`` column (-1 if absent).
 
     *column* None is the ``var`` index. In a gene index, the names are searched in the stored
-    UTF-8 blob without decoding it (a few bytes.find calls); otherwise the column is read.
+    UTF-8 text without decoding it (a few ``bytes.find`` calls); otherwise the column is read.
     """
-    key = f"{INFO_GROUP}/var_{column or 'index'}_utf8"
-    if key not in h5file:
-        values = read_var_column(h5file, column)
-        index = pd.Index(values)
+    tables = index_tables(h5file)
+    found = tables.var_text(h5file, column) if tables is not None else None
+    if found is None:
+        index = pd.Index(read_var_column(h5file, column))
         if index.is_unique:
             return np.asarray(index.get_indexer(pd.Index(wanted)), dtype=np.int64)
         first = ~index.duplicated()
-        found = index[first].get_indexer(pd.Index(wanted))
-        return np.where(found >= 0, np.flatnonzero(first)[found], -1).astype(np.int64)
-    raw = h5file[key][()]
-    text = b"\n" + raw.tobytes() + b"\n"
-    newlines = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == 10)
+        rows = index[first].get_indexer(pd.Index(wanted))
+        return np.where(rows >= 0, np.flatnonzero(first)[rows], -1).astype(np.int64)
+    text, newlines = found
     out = np.full(len(wanted), -1, dtype=np.int64)
     for i, name in enumerate(wanted):
-        at = text.find(b"\n" + str(name).encode("utf-8") + b"\n")
-        if at >= 0 and "\n" not in str(name):
-            out[i] = int(np.searchsorted(newlines, at))
+        name = str(name)
+        if name and "\n" not in name:
+            at = text.find(b"\n" + name.encode("utf-8") + b"\n")
+            if at >= 0:
+                out[i] = int(np.searchsorted(newlines, at))
     return out
 
 

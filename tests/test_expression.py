@@ -158,6 +158,51 @@ def test_gene_index_is_the_same_matrix_in_csc(h5ad_file, tmp_path, run_nnz):
     assert not list(tmp_path.glob("*.part-*")) and not list(tmp_path.glob("*.runs-*"))
 
 
+@pytest.mark.parametrize("case", ["same", "shuffled", "subset+missing", "longer label",
+                                  "non-ascii", "not str"])
+def test_gene_index_matches_cells_in_every_shape(h5ad_file, tmp_path, case):
+    """The index's label keys match any list of cells exactly, else the string path does"""
+    from abc_helpers.gene_index import index_tables
+
+    path, dense = h5ad_file
+    target = write_gene_index(path, tmp_path / "idx.h5ad", progressbar=False)
+    rng = np.random.default_rng(2)
+    labels = list(dense.index)
+    cells = {
+        "same": labels,
+        "shuffled": [labels[i] for i in rng.permutation(N_CELLS)],
+        "subset+missing": [labels[5], "NOT-A-CELL", labels[0], labels[-1]],
+        "longer label": [labels[3] + "X" * 40, labels[2], labels[3][:-1]],
+        "non-ascii": [labels[1], "cellule-é", labels[9]],
+        "not str": [labels[4], 12345, labels[8]],
+    }[case]
+    genes = ["Gene42", "Gene0", "Gene42"]  # a repeated gene is returned twice
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MissingCellsWarning)
+        got = extract_genes_from_h5ad(target, genes, cell_labels=cells)
+        again = extract_genes_from_h5ad(target, genes, cell_labels=cells)  # from the cache
+    expected = dense.reindex(cells)[genes].to_numpy()
+    np.testing.assert_array_equal(got.to_numpy(), expected)
+    np.testing.assert_array_equal(again.to_numpy(), expected)
+    assert list(got.index) == cells
+    with h5py.File(target) as f:
+        tables = index_tables(f)
+        assert tables is not None and tables.keys(f)[0].dtype.itemsize % 8 == 0
+
+
+def test_streaming_all_rows_in_another_order(h5ad_file):
+    """As many cells as the file, permuted and with one unknown: exact, NaN row reported"""
+    path, dense = h5ad_file
+    cells = list(dense.index[::-1])
+    cells[10] = "NOT-A-CELL"
+    with pytest.warns(MissingCellsWarning, match=r"1 of 1500 cells are not in"):
+        got = extract_genes_from_h5ad(path, ["Gene3", "Gene3", "Gene8"], cell_labels=cells,
+                                      block_nnz=200)
+    np.testing.assert_array_equal(got.to_numpy(),
+                                  dense.reindex(cells)[["Gene3", "Gene3", "Gene8"]].to_numpy())
+    assert got.iloc[10].isna().all()
+
+
 def test_gene_index_refuses_a_csc_source(h5ad_file, tmp_path):
     """Indexing an index is refused with a clear error, and leaves nothing behind"""
     path, _ = h5ad_file
