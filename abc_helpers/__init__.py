@@ -14,6 +14,7 @@ from .gene_index import build_gene_index, find_gene_index, gene_index_path, read
 from .ish import (
     build_correlation_index,
     build_expression_stack,
+    convert_grid,
     correlated_genes,
     download_grid,
     download_grids,
@@ -64,6 +65,7 @@ __all__ = [
     "build_expression_stack",
     "build_gene_index",
     "compare_manifests",
+    "convert_grid",
     "correlated_genes",
     "download",
     "download_grid",
