@@ -226,12 +226,45 @@ def grid_url(experiment_id: int, source: str | Source | None = None, include: st
     return get_source(source).api_url(path)
 
 
-def verify_grid(path: str | os.PathLike, volume: str = "energy") -> bool:
-    """Return True if *path* is a readable zip holding a complete ``{volume}.raw`` (67*41*58 floats)."""
+def check_grid_zip(path: str | os.PathLike, volume: str = "energy") -> str | None:
+    """Check a grid zip: safe member names, a complete ``{volume}.raw``, every CRC right.
+
+    Returns
+    -------
+    str or None
+        None if the zip is good, else what is wrong with it (a transfer may have damaged it).
+
+    Raises
+    ------
+    ValueError
+        For a zip that is wrong as published: members that would escape a folder they were
+        extracted to, or no complete ``{volume}.raw`` (the API has no grid for the experiment).
+    """
     try:
         with zipfile.ZipFile(path) as zf:
-            return zf.getinfo(f"{volume}.raw").file_size == GRID_BYTES
-    except (OSError, KeyError, zipfile.BadZipFile):
+            names = zf.namelist()
+            bad = [n for n in names if n.startswith(("/", "\\")) or "\\" in n or ":" in n
+                   or ".." in n.split("/")]
+            if bad:
+                raise ValueError(f"the zip has members that escape its folder: {bad}. It is "
+                                 "refused; nothing was extracted.")
+            info = zf.getinfo(f"{volume}.raw") if f"{volume}.raw" in names else None
+            if info is None or info.file_size != GRID_BYTES:
+                found = "missing" if info is None else f"{info.file_size} bytes"
+                raise ValueError(f"the zip has no complete '{volume}.raw' ({found}, "
+                                 f"expected {GRID_BYTES} bytes; members: {names}): the API has no "
+                                 "3-D expression grid for this experiment. Leave it out.")
+            damaged = zf.testzip()
+    except (OSError, zipfile.BadZipFile) as error:
+        return f"not a readable zip ({error})"
+    return None if damaged is None else f"member '{damaged}' fails its CRC"
+
+
+def verify_grid(path: str | os.PathLike, volume: str = "energy") -> bool:
+    """Return True if *path* is a safe, undamaged zip holding a complete ``{volume}.raw``."""
+    try:
+        return Path(path).is_file() and check_grid_zip(path, volume) is None
+    except ValueError:
         return False
 
 
@@ -266,8 +299,9 @@ def download_grid(
     abc_helpers.transfer.DownloadError
         If the download fails (after retries for network and server errors).
     ValueError
-        If the zip has no complete ``energy.raw`` (the API has no grid for this experiment); the
-        bad zip is deleted.
+        If the zip has no complete ``energy.raw`` (the API has no grid for this experiment) or
+        members that escape its folder; nothing is left at the final path. A zip damaged in transit
+        (a CRC failure) is fetched again.
     """
     from .transfer import download
 
@@ -275,17 +309,10 @@ def download_grid(
     if not force and verify_grid(path):
         return path
     url = grid_url(experiment_id, source)
-    download(url, path, progressbar=False, force=True, desc=path.name)
-    if not verify_grid(path):
-        try:
-            with zipfile.ZipFile(path) as zf:
-                members = zf.namelist()
-        except (OSError, zipfile.BadZipFile):
-            members = "not a zip"
-        path.unlink(missing_ok=True)
-        msg = (f"The grid of experiment {experiment_id} from {url} has no complete 'energy.raw' "
-               f"(zip members: {members}): the API has no 3-D expression grid for it. Leave it out.")
-        raise ValueError(msg)
+    try:
+        download(url, path, progressbar=False, force=True, desc=path.name, verify=check_grid_zip)
+    except ValueError as error:
+        raise ValueError(f"The grid of experiment {experiment_id} from {url}: {error}") from None
     return path
 
 

@@ -326,6 +326,7 @@ def download(
     force: bool = False,
     retries: int = DEFAULT_RETRIES,
     overall: Callable[[int], None] | None = None,
+    verify: Callable[[Path], str | None] | None = None,
 ) -> Path:
     """Download *url* to *path*: resumable, verified, atomic.
 
@@ -351,6 +352,11 @@ def download(
         Attempts after the first one for network errors, server errors and hash mismatches.
     overall : callable or None
         Called with each number of bytes received (feeds an overall bar for many files).
+    verify : callable or None
+        A check of the complete ``.part`` file before it is renamed into place, for files without a
+        published hash (e.g. a zip's CRCs): it returns None if the file is good, or a reason, which
+        counts as a corrupt transfer (deleted and retried). It may raise ``ValueError`` for a file
+        that is wrong however often it is fetched: the ``.part`` is deleted and the error raised.
 
     Returns
     -------
@@ -378,14 +384,15 @@ def download(
                     file=sys.stderr, leave=True, dynamic_ncols=False)
                if own_bar else (progressbar or None))
         try:
-            _download_attempts(url, path, part, algorithm, expected, size, bar, overall, retries)
+            _download_attempts(url, path, part, algorithm, expected, size, bar, overall, retries, verify)
         finally:
             if own_bar and bar is not None:
                 bar.close()
     return path
 
 
-def _download_attempts(url, path, part, algorithm, expected, size, bar, overall, retries) -> None:
+def _download_attempts(url, path, part, algorithm, expected, size, bar, overall, retries,
+                       verify=None) -> None:
     last_error = "no attempt made"
     for attempt in range(retries + 1):
         try:
@@ -401,10 +408,21 @@ def _download_attempts(url, path, part, algorithm, expected, size, bar, overall,
             continue
         except DownloadError as error:
             raise DownloadError(f"Could not download '{path.name}' from {url}: {error}") from None
+        problem = None
         if expected is not None and digest != expected:
+            problem = (f"{algorithm} hash mismatch: expected {expected} but got {digest}; "
+                       "the corrupt download was deleted")
+        elif verify is not None:
+            try:
+                reason = verify(part)
+            except ValueError:
+                part.unlink(missing_ok=True)
+                raise
+            if reason is not None:
+                problem = f"the downloaded file failed its check ({reason}); it was deleted"
+        if problem is not None:
             part.unlink(missing_ok=True)
-            last_error = (f"{algorithm} hash mismatch: expected {expected} but got {digest}; "
-                          "the corrupt download was deleted")
+            last_error = problem
             if attempt == retries:
                 break
             LOGGER.warning("Download of '%s': %s. Retrying.", path.name, last_error)

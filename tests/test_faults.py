@@ -237,19 +237,12 @@ FAULTS = {
                                        r"connection broken|short body"),
     "503-always": Scenario(lambda n: ["status=503"], "exhaust", r"HTTP 503"),
     "stall-always": Scenario(lambda n: [f"stall={STALL}"], "exhaust", r"[Tt]ime ?out|timed out"),
-    "wrong-byte-always": Scenario(lambda n: [f"corrupt-at={n // 2}"], "exhaust", r"hash mismatch",
+    "wrong-byte-always": Scenario(lambda n: [f"corrupt-at={n // 2}"], "exhaust", r"hash mismatch|fails its CRC",
                                   resend_bound=False),
 }
 
 #: Cells that fail because of a bug reported to the module's owner (see the report).
-KNOWN_BUGS = {
-    ("wrong-byte", "ish-grid-zip"): (
-        "ish.download_grid has no hash to check and verify_grid only reads the zip directory, so "
-        "a byte flipped in transit is kept (reported: verify_grid should run ZipFile.testzip and "
-        "download_grid retry once on a CRC failure)"),
-    ("wrong-byte-always", "ish-grid-zip"): (
-        "same as wrong-byte: a corrupt grid zip is returned instead of a DownloadError/ValueError"),
-}
+KNOWN_BUGS: dict[tuple[str, str], str] = {}  # (fault, path) -> reason, for bugs reported but not fixed
 
 
 def _matrix():
