@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 from filelock import FileLock
 
+from ._files import atomic_write_text
 from .manifest import (
     DATA_KINDS,
     FileAttributes,
@@ -264,9 +265,7 @@ class AbcProjectCache:
     def _save_last_used(self, name: str) -> None:
         if self.local:
             return
-        tmp = self._cache_dir / f"{_LAST_USED}.{os.getpid()}.tmp"
-        tmp.write_text(name)
-        os.replace(tmp, self._cache_dir / _LAST_USED)
+        atomic_write_text(self._cache_dir / _LAST_USED, name)
 
     def compare_manifests(self, manifest_newer_name: str, manifest_older_name: str) -> ManifestComparison:
         """What changed between two releases: directories and files added, removed and changed.
@@ -342,9 +341,7 @@ class AbcProjectCache:
             record = self._read_record()
             for a, h in zip(attrs, hashes, strict=False):
                 record[a.relative_path] = h
-            tmp = self._record_path().with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
-            os.replace(tmp, self._record_path())
+            atomic_write_text(self._record_path(), json.dumps(record, indent=1, sort_keys=True))
 
     def _local_path(self, attrs: FileAttributes) -> Path:
         path = (self._cache_dir / attrs.relative_path).resolve()

@@ -27,7 +27,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +36,7 @@ from urllib.parse import quote, urlsplit
 
 from tqdm import tqdm
 
+from ._files import atomic_write_text, link_or_copy
 from .cache import BUCKET as ABC_BUCKET
 from .cache import AbcProjectCache, LargeDataSizeWarning, OutdatedManifestWarning
 from .manifest import format_size
@@ -198,20 +198,6 @@ def fill_abc(
 
 
 # -- Visual Behavior Neuropixels -----------------------------------------------------------------
-def _link(src: Path, dst: Path) -> None:
-    """Make *dst* the same file as *src* (a hard link; a copy where links are impossible)."""
-    if dst.exists() and os.path.samefile(src, dst):
-        return
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copy2(src, tmp)
-    os.replace(tmp, dst)
-
-
 def _manifest_version(name: str) -> tuple[int, ...]:
     stem = name.rsplit("_v", 1)[-1].removesuffix(".json")
     try:
@@ -299,7 +285,7 @@ def fill_vbn(
             if not (j.path.is_file() and file_hash(j.path, "blake2b") == j.known_hash)]
     download_many(todo, progressbar=progressbar, desc=f"VBN ({len(todo)} files)")
     for rel, version_path in current.items():
-        _link(version_path, bucket_dir / rel)
+        link_or_copy(version_path, bucket_dir / rel)
     return paths + list(jobs) + [bucket_dir / rel for rel in current]
 
 
@@ -353,9 +339,8 @@ def fill_allen_api(
     index = api_dir / "section_data_sets.json"
     old = json.loads(index.read_text())["section_data_sets"] if index.exists() else []
     merged = {r["id"]: r for r in old} | records
-    tmp = index.with_name(f"{index.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"filled_from": str(src), "section_data_sets": list(merged.values())}, indent=1))
-    os.replace(tmp, index)
+    atomic_write_text(index, json.dumps({"filled_from": str(src),
+                                         "section_data_sets": list(merged.values())}, indent=1))
 
     grid_dir = api_dir / "grid_data"
     unavailable: list[int] = []

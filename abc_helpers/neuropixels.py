@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import warnings
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -34,6 +33,7 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
+from ._files import atomic_write_text, link_or_copy
 from .cache import OutdatedManifestWarning
 from .manifest import check_relative_path
 from .sources import Source, get_source
@@ -322,9 +322,7 @@ class VbnProjectCache:
         self._manifest = self._read_manifest(name)
         self._manifest_name = name
         if not self.local:
-            tmp = self._cache_dir / f"{_LAST_USED}.{os.getpid()}.tmp"
-            tmp.write_text(name)
-            os.replace(tmp, self._cache_dir / _LAST_USED)
+            atomic_write_text(self._cache_dir / _LAST_USED, name)
 
     def load_manifest(self, manifest_name: str) -> None:
         """Use the manifest *manifest_name* (a dataset version), remembered for the next session.
@@ -425,21 +423,7 @@ class VbnProjectCache:
         with FileLock(str(path) + ".lock"):
             record = self._read_record()
             record[rel] = f"{hexdigest}:{size}"
-            tmp = path.with_name(f"{_RECORD}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-            os.replace(tmp, path)
-
-    @staticmethod
-    def _link(src: Path, dst: Path) -> None:
-        """Put a hard link to *src* at *dst* atomically (a copy where hard links are refused)."""
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f"{dst.name}.{os.getpid()}.link")
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+            atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True))
 
     def _fetch(self, entry: dict) -> Path:
         """Return the local path of a manifest entry: recorded, reused from another version, or
@@ -464,9 +448,9 @@ class VbnProjectCache:
             digest, _, size = value.partition(":")
             if digest == expected and source.is_file() and size == str(source.stat().st_size):
                 LOGGER.info("Reusing '%s' for '%s' (same blake2b).", other, rel)
-                self._link(source, path)
+                link_or_copy(source, path)
                 for parsed in source.parent.glob(f"{source.stem}.{expected[:16]}.parquet"):
-                    self._link(parsed, path.parent / f"{path.stem}.{expected[:16]}.parquet")
+                    link_or_copy(parsed, path.parent / f"{path.stem}.{expected[:16]}.parquet")
                 self._record(rel, expected)
                 return path
         if self.local:
