@@ -124,3 +124,16 @@ def test_navigation_reaches_every_chapter(base_url, browser):
              for a in browser.find_elements(By.CSS_SELECTOR, "nav a.reference.internal, .bd-sidebar a")}
     for chapter in _chapters()[1:]:
         assert any(link.endswith(_page(chapter)) for link in links), f"no navigation link to {chapter}"
+
+
+def test_api_page_lists_every_public_name_and_chapters_link_to_it(site):
+    """Every name in abc_helpers.__all__ has an entry on the API page; each chapter links there."""
+    import abc_helpers
+
+    api = (site / "book" / "api.html").read_text()
+    missing = [name for name in abc_helpers.__all__ if f'id="abc_helpers.{name}"' not in api]
+    assert missing == [], f"not on the API page: {missing}"
+    for chapter in _chapters():
+        if chapter.endswith(".ipynb"):
+            html = (site / _page(chapter)).read_text()
+            assert 'href="api.html#abc_helpers.' in html, f"{chapter} links to no API entry"
