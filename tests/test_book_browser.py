@@ -79,7 +79,11 @@ def browser():
 
 
 def _page(chapter: str) -> str:
-    return chapter.rsplit(".", 1)[0] + ".html"
+    return chapter.rsplit(".", 1)[0] + ".html" if "." in Path(chapter).name else chapter + ".html"
+
+
+def _is_notebook(chapter: str) -> bool:
+    return (ROOT / chapter).suffix == ".ipynb" or (ROOT / f"{chapter}.ipynb").exists()
 
 
 @pytest.mark.parametrize("chapter", _chapters())
@@ -105,7 +109,7 @@ def test_chapter_renders_in_chromium(chapter, base_url, browser):
     """)
     for src, complete, width, height in images:
         assert complete and width > 0 and height > 0, f"{chapter}: image not loaded: {src[:80]}"
-    if chapter.endswith(".ipynb"):
+    if _is_notebook(chapter):
         assert images, f"{chapter}: a chapter without a single figure"
     shots = ROOT / "_build" / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
@@ -134,6 +138,6 @@ def test_api_page_lists_every_public_name_and_chapters_link_to_it(site):
     missing = [name for name in abc_helpers.__all__ if f'id="abc_helpers.{name}"' not in api]
     assert missing == [], f"not on the API page: {missing}"
     for chapter in _chapters():
-        if chapter.endswith(".ipynb"):
+        if _is_notebook(chapter):
             html = (site / _page(chapter)).read_text()
             assert 'href="api.html#abc_helpers.' in html, f"{chapter} links to no API entry"
