@@ -25,6 +25,7 @@ from tqdm import tqdm
 from ._h5ad import (
     DEFAULT_BLOCK_NNZ,
     BlockReader,
+    RawReader,
     block_bounds,
     matrix_layout,
 )
@@ -233,23 +234,40 @@ def _search_sorted_rows(ix: np.ndarray, starts: np.ndarray, targets: np.ndarray,
 
 
 def _read_csc(x, cols, rows_out, out) -> None:
-    """Fill *out* from a CSC ``X`` group (a gene index): one contiguous read per gene."""
-    indptr, indices, data = x["indptr"][()], x["indices"], x["data"]
-    for j in np.argsort(cols, kind="stable"):
-        c = int(cols[j])
-        if c < 0:
-            continue
-        a, b = (int(v) for v in indptr[c:c + 2])
-        if b == a:
-            continue
-        rows = indices[a:b]
-        vals = data[a:b]
-        if rows_out is None:
-            out[rows, j] = vals
-        else:
-            orow = rows_out[rows]
-            keep = orow >= 0
-            out[orow[keep], j] = vals[keep]
+    """Fill *out* from a CSC ``X`` group (a gene index): one contiguous read per gene.
+
+    The slices are read with plain ``readinto`` calls when the datasets are stored raw (see
+    :class:`~abc_helpers._h5ad.RawReader`; h5py otherwise). *out* should be column-major
+    (``out[:, j]`` contiguous): each gene is then one 1-D scatter.
+    """
+    indptr = x["indptr"][()]
+    raw = [RawReader.open(x["indices"]), RawReader.open(x["data"])]
+    try:
+        for j in np.argsort(cols, kind="stable"):
+            c = int(cols[j])
+            if c < 0:
+                continue
+            a, b = (int(v) for v in indptr[c:c + 2])
+            if b == a:
+                continue
+            if None in raw:
+                rows, vals = x["indices"][a:b], x["data"][a:b]
+            else:
+                rows = np.empty(b - a, dtype=raw[0].dtype)
+                vals = np.empty(b - a, dtype=raw[1].dtype)
+                raw[0].read(a, b, rows)
+                raw[1].read(a, b, vals)
+            column = out[:, j]
+            if rows_out is None:
+                column[rows] = vals
+            else:
+                orow = rows_out[rows]
+                keep = orow >= 0
+                column[orow[keep]] = vals[keep]
+    finally:
+        for reader in raw:
+            if reader is not None:
+                reader.close()
 
 
 def _read_dense(x, layout, cols, rows_out, out, block_nnz, progress) -> None:
@@ -334,7 +352,10 @@ def _extract_task(path: str, labels, genes: Sequence[str], block_nnz: int = DEFA
                 rows_out[rows_in[found_in]] = np.flatnonzero(found_in)
             cols = _gene_columns(f, genes)
             read = _first_columns(cols)
-            out = np.zeros((n_out, len(cols)), dtype=np.float32)
+            if layout.encoding == "csc_matrix":  # column-major: one gene is contiguous
+                out = np.zeros((len(cols), n_out), dtype=np.float32).T
+            else:
+                out = np.zeros((n_out, len(cols)), dtype=np.float32)
             x = f["X"]
             if layout.encoding == "csr_matrix":
                 _stream_csr(x, layout, read, rows_out, out, block_nnz, progress)

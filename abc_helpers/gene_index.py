@@ -31,7 +31,7 @@ import pandas as pd
 from filelock import FileLock
 from tqdm import tqdm
 
-from ._h5ad import block_bounds, matrix_layout, read_index
+from ._h5ad import RawReader, block_bounds, matrix_layout, read_index
 
 LOGGER = logging.getLogger("abc_helpers")
 
@@ -157,6 +157,55 @@ class IndexTables:
             return text, np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == 10)
         return self._get(key, load)
 
+    def same_labels(self, h5file, values: np.ndarray, step: int = 16384) -> bool:
+        """True if *values* (str) are the file's cell labels, in order.
+
+        The labels are joined and compared with the stored text a slice of *step* labels at a
+        time (small buffers that stay in the CPU cache, no 5 MB string built); the stored text is
+        read in matching pieces straight from the file when it is not in memory yet. False as
+        soon as a piece differs, or if a label is not an ASCII ``str``.
+        """
+        text = self._pieces.get("text")
+        raw = None
+        if text is None:
+            ds = h5file[LABELS_BLOB]
+            raw = RawReader.open(ds)
+            if raw is None:
+                text = self.text(h5file)
+            size = int(ds.shape[0])
+        else:
+            size = len(text)
+        try:
+            items = values.tolist()
+            buffer = np.empty(0, dtype=np.uint8)
+            pos = 0
+            for i in range(0, len(items), step):
+                try:
+                    piece = "\n".join(items[i:i + step])
+                except TypeError:
+                    return False
+                if not piece.isascii():
+                    return False
+                encoded = piece.encode("ascii")
+                end = pos + len(encoded)
+                stop = min(end + 1, size)  # with the newline that must follow
+                if end > size:
+                    return False
+                if raw is None:
+                    stored = text[pos:stop]
+                else:
+                    if buffer.size < stop - pos:
+                        buffer = np.empty(max(stop - pos, 2 * buffer.size), dtype=np.uint8)
+                    raw.read(pos, stop, buffer)
+                    stored = buffer[:stop - pos].tobytes()
+                if stored[:len(encoded)] != encoded or (stop > end and stored[-1] != 10):
+                    return False
+                pos = end + 1
+            return (pos - 1 if items else 0) == size
+        finally:
+            if raw is not None:
+                raw.close()
+
     def rows_of(self, h5file, labels: pd.Index) -> np.ndarray | None:
         """File row of each label (-1 if absent), or None if *labels* are the file's in order.
 
@@ -173,12 +222,12 @@ class IndexTables:
         if labels is self._pieces.get("index"):
             return None
         values = labels.to_numpy()
+        if len(values) == self.n_obs(h5file) and self.same_labels(h5file, values):
+            return None
         try:
             text = "\n".join(values.tolist()).encode("utf-8")
         except (TypeError, UnicodeEncodeError) as error:
             raise NoFastPath(f"labels are not all str ({error})") from None
-        if len(values) == self.n_obs(h5file) and text == self.text(h5file):
-            return None
         stored = self.keys(h5file)
         if stored is None or not text.isascii() or b"\0" in text:
             raise NoFastPath("labels are not all ASCII or the file has no label keys")
@@ -266,13 +315,20 @@ def var_positions(h5file, column: str | None, wanted: Sequence[str]) -> np.ndarr
         rows = index[first].get_indexer(pd.Index(wanted))
         return np.where(rows >= 0, np.flatnonzero(first)[rows], -1).astype(np.int64)
     text, newlines = found
+    known = tables._get(f"found_{column or 'index'}", dict)  # name -> row, kept per file
     out = np.full(len(wanted), -1, dtype=np.int64)
     for i, name in enumerate(wanted):
         name = str(name)
-        if name and "\n" not in name:
-            at = text.find(b"\n" + name.encode("utf-8") + b"\n")
-            if at >= 0:
-                out[i] = int(np.searchsorted(newlines, at))
+        row = known.get(name)
+        if row is None:
+            row = -1
+            if name and "\n" not in name:
+                at = text.find(b"\n" + name.encode("utf-8") + b"\n")
+                if at >= 0:
+                    row = int(np.searchsorted(newlines, at))
+            with tables._lock:
+                known[name] = row
+        out[i] = row
     return out
 
 

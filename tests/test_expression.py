@@ -190,6 +190,33 @@ def test_gene_index_matches_cells_in_every_shape(h5ad_file, tmp_path, case):
         assert tables is not None and tables.keys(f)[0].dtype.itemsize % 8 == 0
 
 
+@pytest.mark.parametrize("cached", [False, True])
+def test_same_labels_is_exact(h5ad_file, tmp_path, cached):
+    """The piecewise comparison with the stored labels accepts only the file's labels, in order"""
+    from abc_helpers.gene_index import index_tables
+
+    path, dense = h5ad_file
+    target = write_gene_index(path, tmp_path / "idx.h5ad", progressbar=False)
+    labels = list(dense.index)
+    merged = labels[:10] + [labels[10] + "\n" + labels[11]] + labels[12:]
+    cases = {
+        "one char": labels[:700] + [labels[700][:-1] + "X"] + labels[701:],
+        "swapped": labels[:2][::-1] + labels[2:],
+        "merged": merged + ["extra"],
+        "last longer": labels[:-1] + [labels[-1] + "0"],
+        "non-ascii": labels[:-1] + ["é" + labels[-1][1:]],
+        "not str": labels[:-1] + [12345],
+    }
+    with h5py.File(target) as f:
+        tables = index_tables(f)
+        if cached:
+            tables.text(f)
+        assert tables.same_labels(f, np.array(labels, dtype=object), step=64)
+        for name, cells in cases.items():
+            assert len(cells) == N_CELLS, name
+            assert not tables.same_labels(f, np.array(cells, dtype=object), step=64), name
+
+
 def test_streaming_all_rows_in_another_order(h5ad_file):
     """As many cells as the file, permuted and with one unknown: exact, NaN row reported"""
     path, dense = h5ad_file
