@@ -27,8 +27,7 @@ test: $(STAMP)
 	$(PY) -m pytest tests abc_helpers --doctest-modules --nbval book --nbval-sanitize-with book/sanitize.cfg -p no:cacheprovider
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check abc_helpers tests bench
-	$(VENV)/bin/ruff format --check abc_helpers tests bench
+	$(VENV)/bin/ruff check abc_helpers tests bench book
 
 bench: $(STAMP)
 	for b in bench/*.py; do $(PY) $$b --quick || exit 1; done
