@@ -163,6 +163,7 @@ class RawReader:
     """
 
     def __init__(self, path: str, dtype: np.dtype, pieces: np.ndarray, chunk: int | None) -> None:
+        self.spec = (path, dtype, pieces, chunk)  # RawReader(*spec) opens another one
         self.dtype = dtype
         self._pieces = pieces  # file offset of each chunk (or of the whole dataset)
         self._chunk = chunk
@@ -227,6 +228,19 @@ class RawReader:
             self._read_exact(view[(pos - start) * size:(end - start) * size],
                              int(self._pieces[k]) + within * size)
             pos = end
+
+    def read_bytes(self, start: int, stop: int) -> bytes:
+        """Elements ``[start, stop)`` as ``bytes`` (one read for a contiguous dataset)."""
+        if self._chunk is not None:
+            out = np.empty(stop - start, dtype=self.dtype)
+            self.read(start, stop, out)
+            return out.tobytes()
+        size = self.dtype.itemsize
+        self._fh.seek(int(self._pieces[0]) + start * size)
+        data = self._fh.read((stop - start) * size)
+        if len(data) != (stop - start) * size:
+            raise OSError(f"Unexpected end of '{self._fh.name}'.")
+        return data
 
     def close(self) -> None:
         """Close the file."""

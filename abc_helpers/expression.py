@@ -30,6 +30,7 @@ from ._h5ad import (
     matrix_layout,
 )
 from .gene_index import (
+    LOOK_UP,
     NoFastPath,
     _data_files,
     build_gene_index,
@@ -69,11 +70,16 @@ def _row_map(obs: pd.Index, labels: pd.Index, path: str) -> np.ndarray | None:
     return obs.get_indexer(labels)
 
 
-def _gene_columns(h5file, genes: Sequence[str]) -> np.ndarray:
-    """Column of each gene (a var index value or a ``gene_symbol``) in ``X``; -1 if absent."""
-    cols = var_positions(h5file, None, genes)
+def _gene_columns(h5file, genes: Sequence[str], tables=LOOK_UP) -> np.ndarray:
+    """Column of each gene (a var index value or a ``gene_symbol``) in ``X``; -1 if absent.
+
+    *tables*: :func:`~abc_helpers.gene_index.index_tables` of *h5file* if already known.
+    """
+    if tables is LOOK_UP:
+        tables = index_tables(h5file)
+    cols = var_positions(h5file, None, genes, tables)
     if (cols < 0).any() and "gene_symbol" in h5file["var"]:
-        cols = np.where(cols >= 0, cols, var_positions(h5file, "gene_symbol", genes))
+        cols = np.where(cols >= 0, cols, var_positions(h5file, "gene_symbol", genes, tables))
     return cols
 
 
@@ -233,15 +239,21 @@ def _search_sorted_rows(ix: np.ndarray, starts: np.ndarray, targets: np.ndarray,
     return base[q], q // k, q % k
 
 
-def _read_csc(x, cols, rows_out, out) -> None:
+def _read_csc(x, cols, rows_out, out, tables=None) -> None:
     """Fill *out* from a CSC ``X`` group (a gene index): one contiguous read per gene.
 
     The slices are read with plain ``readinto`` calls when the datasets are stored raw (see
     :class:`~abc_helpers._h5ad.RawReader`; h5py otherwise). *out* should be column-major
-    (``out[:, j]`` contiguous): each gene is then one 1-D scatter.
+    (``out[:, j]`` contiguous): each gene is then one 1-D scatter. *tables* (the file's
+    :class:`~abc_helpers.gene_index.IndexTables`, if any) keeps ``indptr`` and the datasets'
+    layout between queries.
     """
-    indptr = x["indptr"][()]
-    raw = [RawReader.open(x["indices"]), RawReader.open(x["data"])]
+    if tables is not None:
+        indptr, specs = tables.csc(x.file)
+        raw = [None if spec is None else RawReader(*spec) for spec in specs]
+    else:
+        indptr = x["indptr"][()]
+        raw = [RawReader.open(x["indices"]), RawReader.open(x["data"])]
     try:
         for j in np.argsort(cols, kind="stable"):
             c = int(cols[j])
@@ -290,14 +302,15 @@ def _read_dense(x, layout, cols, rows_out, out, block_nnz, progress) -> None:
             progress(r1 - r0)
 
 
-def _file_rows(h5file, labels: pd.Index | None, path: str):
+def _file_rows(h5file, labels: pd.Index | None, path: str, tables=LOOK_UP):
     """Match *labels* to the rows of an open h5ad file.
 
     Returns ``(rows_in, obs)``: the file row of each label (-1 if absent; None if *labels* are the
     file's cells in order, or None) and the file's labels as an Index if they had to be decoded.
     A gene index is matched through its fixed-width keys and sorted hashes (no decoding).
     """
-    tables = index_tables(h5file)
+    if tables is LOOK_UP:
+        tables = index_tables(h5file)
     if tables is not None:
         if labels is None:
             return None, tables.index(h5file)
@@ -333,7 +346,8 @@ def _extract_task(path: str, labels, genes: Sequence[str], block_nnz: int = DEFA
     labels = None if labels is None else pd.Index(labels)
     want_all = labels is None
     with h5py.File(path, "r") as f:
-        layout = matrix_layout(f)
+        tables = index_tables(f)  # None unless a gene index
+        layout = matrix_layout(f) if tables is None else tables.layout(f)
         if layout.encoding == "csr_matrix" and (want_all or len(labels) == layout.shape[0]):
             obs, cols, out = _stream_whole(f, layout, genes, block_nnz, progress)
             rows_in = None if want_all else _row_map(obs, labels, path)
@@ -343,14 +357,14 @@ def _extract_task(path: str, labels, genes: Sequence[str], block_nnz: int = DEFA
                 out[~found] = np.nan
             missing_cells = 0 if rows_in is None else int((rows_in < 0).sum())
         else:
-            rows_in, obs = _file_rows(f, labels, path)
+            rows_in, obs = _file_rows(f, labels, path, tables)
             n_out = layout.shape[0] if want_all else len(labels)
             rows_out = None
             if rows_in is not None:
                 rows_out = np.full(layout.shape[0], -1, dtype=np.int64)
                 found_in = rows_in >= 0
                 rows_out[rows_in[found_in]] = np.flatnonzero(found_in)
-            cols = _gene_columns(f, genes)
+            cols = _gene_columns(f, genes, tables)
             read = _first_columns(cols)
             if layout.encoding == "csc_matrix":  # column-major: one gene is contiguous
                 out = np.zeros((len(cols), n_out), dtype=np.float32).T
@@ -360,7 +374,7 @@ def _extract_task(path: str, labels, genes: Sequence[str], block_nnz: int = DEFA
             if layout.encoding == "csr_matrix":
                 _stream_csr(x, layout, read, rows_out, out, block_nnz, progress)
             elif layout.encoding == "csc_matrix":
-                _read_csc(x, read, rows_out, out)
+                _read_csc(x, read, rows_out, out, tables)
             else:
                 _read_dense(x, layout, read, rows_out, out, block_nnz, progress)
             missing_cells = 0

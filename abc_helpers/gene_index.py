@@ -31,7 +31,7 @@ import pandas as pd
 from filelock import FileLock
 from tqdm import tqdm
 
-from ._h5ad import RawReader, block_bounds, matrix_layout, read_index
+from ._h5ad import MatrixLayout, RawReader, block_bounds, matrix_layout, read_index
 
 LOGGER = logging.getLogger("abc_helpers")
 
@@ -68,6 +68,17 @@ def read_obs_labels(h5file) -> pd.Index:
         name = h5file["obs"].attrs.get("_index", "_index")
         return pd.Index(labels, dtype=object, name=None if name == "_index" else name)
     return read_index(h5file["obs"])
+
+
+def _blob_bytes(dataset) -> bytes:
+    """The bytes of a 1-D uint8 dataset (one plain read when stored raw, else h5py)."""
+    raw = RawReader.open(dataset)
+    if raw is None:
+        return dataset[()].tobytes()
+    try:
+        return raw.read_bytes(0, int(dataset.shape[0]))
+    finally:
+        raw.close()
 
 
 class NoFastPath(Exception):
@@ -125,11 +136,28 @@ class IndexTables:
 
     def text(self, h5file) -> bytes:
         """The cell labels joined by newlines, UTF-8."""
-        return self._get("text", lambda: h5file[LABELS_BLOB][()].tobytes())
+        return self._get("text", lambda: _blob_bytes(h5file[LABELS_BLOB]))
+
+    def csc(self, h5file) -> tuple[np.ndarray, list[tuple | None]]:
+        """``X/indptr`` and the :class:`RawReader` spec of ``X/indices``, ``X/data`` (or None)."""
+        def load():
+            x = h5file["X"]
+            specs = []
+            for name in ("indices", "data"):
+                reader = RawReader.open(x[name])
+                specs.append(None if reader is None else reader.spec)
+                if reader is not None:
+                    reader.close()
+            return x["indptr"][()], specs
+        return self._get("csc", load)
+
+    def layout(self, h5file) -> MatrixLayout:
+        """The encoding and shape of ``X`` (read once)."""
+        return self._get("layout", lambda: matrix_layout(h5file))
 
     def n_obs(self, h5file) -> int:
         """The number of cells."""
-        return int(h5file["X"].attrs["shape"][0])
+        return self.layout(h5file).shape[0]
 
     def index(self, h5file) -> pd.Index:
         """The cell labels as a pandas Index of ``str``."""
@@ -146,15 +174,14 @@ class IndexTables:
             return h5file[LABEL_KEYS][()], h5file[LABEL_HASHES][()], h5file[LABEL_ORDER][()]
         return self._get("keys", load)
 
-    def var_text(self, h5file, column: str | None) -> tuple[bytes, np.ndarray] | None:
-        """A ``var`` column as newline-framed UTF-8 text and the positions of its newlines."""
+    def var_text(self, h5file, column: str | None) -> bytes | None:
+        """A ``var`` column as newline-framed UTF-8 text."""
         key = f"{INFO_GROUP}/var_{column or 'index'}_utf8"
 
         def load():
             if key not in h5file:
                 return None
-            text = b"\n" + h5file[key][()].tobytes() + b"\n"
-            return text, np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == 10)
+            return b"\n" + _blob_bytes(h5file[key]) + b"\n"
         return self._get(key, load)
 
     def same_labels(self, h5file, values: np.ndarray, step: int = 16384) -> bool:
@@ -162,8 +189,9 @@ class IndexTables:
 
         The labels are joined and compared with the stored text a slice of *step* labels at a
         time (small buffers that stay in the CPU cache, no 5 MB string built); the stored text is
-        read in matching pieces straight from the file when it is not in memory yet. False as
-        soon as a piece differs, or if a label is not an ASCII ``str``.
+        read in matching pieces straight from the file into one reused buffer when it is not in
+        memory yet. The comparisons are in place (``startswith``: no copies). False as soon as a
+        piece differs, or if a label is not an ASCII ``str``.
         """
         text = self._pieces.get("text")
         raw = None
@@ -177,7 +205,7 @@ class IndexTables:
             size = len(text)
         try:
             items = values.tolist()
-            buffer = np.empty(0, dtype=np.uint8)
+            buffer = bytearray()
             pos = 0
             for i in range(0, len(items), step):
                 try:
@@ -188,17 +216,17 @@ class IndexTables:
                     return False
                 encoded = piece.encode("ascii")
                 end = pos + len(encoded)
-                stop = min(end + 1, size)  # with the newline that must follow
                 if end > size:
                     return False
                 if raw is None:
-                    stored = text[pos:stop]
+                    same = text.startswith(encoded, pos) and (end == size or text[end] == 10)
                 else:
-                    if buffer.size < stop - pos:
-                        buffer = np.empty(max(stop - pos, 2 * buffer.size), dtype=np.uint8)
-                    raw.read(pos, stop, buffer)
-                    stored = buffer[:stop - pos].tobytes()
-                if stored[:len(encoded)] != encoded or (stop > end and stored[-1] != 10):
+                    stop = min(end + 1, size)  # with the newline that must follow
+                    if len(buffer) < stop - pos:
+                        buffer = bytearray(max(stop - pos, 2 * len(buffer)))
+                    raw.read(pos, stop, np.frombuffer(buffer, dtype=np.uint8))
+                    same = buffer.startswith(encoded) and (end == size or buffer[end - pos] == 10)
+                if not same:
                     return False
                 pos = end + 1
             return (pos - 1 if items else 0) == size
@@ -254,6 +282,8 @@ class IndexTables:
 
 
 _TABLES: OrderedDict[tuple, IndexTables] = OrderedDict()
+#: Default of the *tables* arguments: call :func:`index_tables`.
+LOOK_UP = object()
 _TABLES_LOCK = threading.Lock()
 
 
@@ -264,19 +294,20 @@ def index_tables(h5file) -> IndexTables | None:
     modification time, so repeated queries in one session do not read them again (the first
     query of a session reads them: about 10 MB for 200,000 cells).
     """
-    if LABELS_BLOB not in h5file:
-        return None
     path = os.path.abspath(h5file.filename)
     st = os.stat(path)
     key = (path, st.st_size, st.st_mtime_ns)
     with _TABLES_LOCK:
         tables = _TABLES.get(key)
-        if tables is None:
-            tables = _TABLES[key] = IndexTables()
-            while len(_TABLES) > LABEL_CACHE_SIZE:
-                _TABLES.popitem(last=False)
-        else:
+        if tables is not None:
             _TABLES.move_to_end(key)
+            return tables
+    if LABELS_BLOB not in h5file:
+        return None
+    with _TABLES_LOCK:
+        tables = _TABLES.setdefault(key, IndexTables())
+        while len(_TABLES) > LABEL_CACHE_SIZE:
+            _TABLES.popitem(last=False)
         return tables
 
 
@@ -299,13 +330,16 @@ def _write_label_keys(group, labels: pd.Index) -> None:
         group[name].attrs["encoding-version"] = "0.2.0"
 
 
-def var_positions(h5file, column: str | None, wanted: Sequence[str]) -> np.ndarray:
+def var_positions(h5file, column: str | None, wanted: Sequence[str],
+                  tables: IndexTables | None | object = LOOK_UP) -> np.ndarray:
     """Row of the first occurrence of each *wanted* value in a ``var`` column (-1 if absent).
 
     *column* None is the ``var`` index. In a gene index, the names are searched in the stored
     UTF-8 text without decoding it (a few ``bytes.find`` calls); otherwise the column is read.
+    *tables*: :func:`index_tables` of *h5file* if the caller has it already.
     """
-    tables = index_tables(h5file)
+    if tables is LOOK_UP:
+        tables = index_tables(h5file)
     found = tables.var_text(h5file, column) if tables is not None else None
     if found is None:
         index = pd.Index(read_var_column(h5file, column))
@@ -314,7 +348,7 @@ def var_positions(h5file, column: str | None, wanted: Sequence[str]) -> np.ndarr
         first = ~index.duplicated()
         rows = index[first].get_indexer(pd.Index(wanted))
         return np.where(rows >= 0, np.flatnonzero(first)[rows], -1).astype(np.int64)
-    text, newlines = found
+    text = found
     known = tables._get(f"found_{column or 'index'}", dict)  # name -> row, kept per file
     out = np.full(len(wanted), -1, dtype=np.int64)
     for i, name in enumerate(wanted):
@@ -322,10 +356,12 @@ def var_positions(h5file, column: str | None, wanted: Sequence[str]) -> np.ndarr
         row = known.get(name)
         if row is None:
             row = -1
-            if name and "\n" not in name:
-                at = text.find(b"\n" + name.encode("utf-8") + b"\n")
+            encoded = name.encode("utf-8")
+            # a byte of the name absent from the column (one memchr each): not there, no search
+            if name and "\n" not in name and all(bytes((c,)) in text for c in set(encoded)):
+                at = text.find(b"\n" + encoded + b"\n")
                 if at >= 0:
-                    row = int(np.searchsorted(newlines, at))
+                    row = text.count(b"\n", 0, at)  # the rows before this one
             with tables._lock:
                 known[name] = row
         out[i] = row
