@@ -46,3 +46,20 @@ def test_cli_serve_prints_url_and_serves(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_cli_serve_on_a_busy_port_says_what_to_do():
+    """A port in use gives one line naming the port and the fix, and exit code 1."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "abc_helpers.sample", "serve", "--port", str(port)],
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "--port 0" in result.stderr
+    assert "Traceback" not in result.stderr

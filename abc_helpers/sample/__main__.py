@@ -49,7 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         from .faults import FaultPlan
 
         faults = FaultPlan.parse(args.fault)
-    server = start(root=args.root, host=args.host, port=args.port, faults=faults, mirror=args.mirror)
+    try:
+        server = start(root=args.root, host=args.host, port=args.port, faults=faults, mirror=args.mirror)
+    except OSError as error:
+        print(f"serve: cannot listen on {args.host}:{args.port} ({error.strerror or error}). Pick "
+              "another --port, or --port 0 for a free one.", file=sys.stderr)
+        return 1
     print(server.url, flush=True)
     try:
         while True:
