@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _measure import peak_rss_mb
 
 N_GENES = 32_285
 NNZ_PER_CELL = 2_000
@@ -271,23 +271,13 @@ def method_gene_index_shuffled(path: Path, index: Path, **_):
 METHODS = {name[len("method_"):]: fn for name, fn in globals().items() if name.startswith("method_")}
 
 
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited across exec)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
 
 def child(method: str, path: Path, index: Path, out: Path) -> None:
     """Run one method; print its seconds and peak RSS as JSON; save its answer to *out*."""
     seconds, values, extra = METHODS[method](path, index=index)
     if values is not None:
         np.save(out, values)
-    peak_mb = _peak_rss_mb()
+    peak_mb = peak_rss_mb()
     print(json.dumps({"method": method, "seconds": seconds, "peak_rss_mb": peak_mb, **extra}))
 
 

@@ -23,7 +23,6 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -31,6 +30,8 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+
+from _measure import peak_rss_mb
 
 QUICK_SCALE = dict(n_sessions=16, n_abnormal=5, n_probes=92, n_units=31_901, n_behavior_only=330, n_nwb=0)
 
@@ -111,19 +112,9 @@ def _worker(method: str, source: str, cache_dir: Path) -> dict:
         out["rows"] = len(df)
     else:
         raise ValueError(f"Unknown method '{method}'")
-    out["max_rss_mb"] = _peak_rss_mb()
+    out["max_rss_mb"] = peak_rss_mb()
     return out
 
-
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM; ru_maxrss would include the parent's at fork)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _run(method: str, source: str, cache_dir: Path) -> dict:

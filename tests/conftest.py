@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from abc_helpers.sample import start
+from abc_helpers.sample import SampleServer, WorldWriter, amba, start
 from abc_helpers.sources import Source
 
 
@@ -20,3 +20,19 @@ def sample_server():
 def sample_source(sample_server) -> Source:
     """A Source pointing at the session's sample server."""
     return Source("sample", sample_server.url)
+
+
+@pytest.fixture(scope="session")
+def amba_world(tmp_path_factory):
+    """A world holding the Allen API data only (fast to build), shared by the ISH tests."""
+    root = tmp_path_factory.mktemp("amba-world")
+    with WorldWriter(root) as writer:
+        amba.generate(writer)
+    return root
+
+
+@pytest.fixture(scope="session")
+def amba_server(amba_world):
+    """A sample server over :func:`amba_world`."""
+    with SampleServer(root=amba_world) as server:
+        yield server

@@ -12,8 +12,6 @@ import pytest
 import requests
 
 from abc_helpers.sample import allen_api, amba
-from abc_helpers.sample.server import SampleServer
-from abc_helpers.sample.world import WorldWriter
 
 SEED_QUERY = (
     "api/v2/data/SectionDataSet/query.csv?criteria=[failed$eqfalse],plane_of_section[name$eqcoronal],"
@@ -27,19 +25,15 @@ SEED_COLUMNS = ["experiment_id", "section_thickness", "specimen_id", "plane", "g
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(amba_world):
     """A world with the Allen API data only."""
-    root = tmp_path_factory.mktemp("amba-world")
-    with WorldWriter(root) as writer:
-        amba.generate(writer)
-    return root
+    return amba_world
 
 
 @pytest.fixture(scope="module")
-def api(world):
+def api(amba_server):
     """The root URL of a sample server over that world."""
-    with SampleServer(root=world) as server:
-        yield server.url
+    return amba_server.url
 
 
 @pytest.fixture(scope="module")

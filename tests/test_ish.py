@@ -13,8 +13,6 @@ import SimpleITK as sitk
 
 from abc_helpers import ish
 from abc_helpers.sample import allen_api, amba
-from abc_helpers.sample.server import SampleServer
-from abc_helpers.sample.world import WorldWriter
 from abc_helpers.sources import Source
 
 RNG = np.random.default_rng(7)
@@ -24,17 +22,13 @@ CASES = [(o, w) for o in ("RAS", "PIR") for w in ("MICe", "CCFv3")]
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("amba-world")
-    with WorldWriter(root) as writer:
-        amba.generate(writer)
-    return root
+def world(amba_world):
+    return amba_world
 
 
 @pytest.fixture(scope="module")
-def source(world):
-    with SampleServer(root=world) as server:
-        yield Source("sample", server.url)
+def source(amba_server):
+    return Source("sample", amba_server.url)
 
 
 @pytest.fixture(scope="module")
