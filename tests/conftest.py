@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from abc_helpers.sample import SampleServer, WorldWriter, amba, start
+from abc_helpers.sample import SampleServer, build_world, start
 from abc_helpers.sources import Source
 
 
@@ -25,10 +25,7 @@ def sample_source(sample_server) -> Source:
 @pytest.fixture(scope="session")
 def amba_world(tmp_path_factory):
     """A world holding the Allen API data only (fast to build), shared by the ISH tests."""
-    root = tmp_path_factory.mktemp("amba-world")
-    with WorldWriter(root) as writer:
-        amba.generate(writer)
-    return root
+    return build_world(tmp_path_factory.mktemp("amba-world") / "world", generators=("amba",))
 
 
 @pytest.fixture(scope="session")

@@ -9,17 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from abc_helpers.sample import abc
-from abc_helpers.sample.world import ABC_BUCKET, WorldWriter, load_index, md5_of_file
+from abc_helpers.sample import abc, build_world
+from abc_helpers.sample.world import ABC_BUCKET, load_index, md5_of_file
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 CLASS_NAMES_20231215 = 34
 
 
 def _build(root: Path) -> Path:
-    with WorldWriter(root) as writer:
-        abc.generate(writer)
-    return root
+    return build_world(root, generators=("abc",))
 
 
 @pytest.fixture(scope="module")

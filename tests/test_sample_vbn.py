@@ -14,17 +14,15 @@ import pandas as pd
 import pytest
 import requests
 
-from abc_helpers.sample import vbn
-from abc_helpers.sample.world import VBN_BUCKET, WorldWriter, load_index
+from abc_helpers.sample import build_world, vbn
+from abc_helpers.sample.world import VBN_BUCKET, load_index
 
 S3 = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 UNITS_KEY = vbn.relative_key("metadata", "units")
 
 
 def _build(root: Path) -> Path:
-    with WorldWriter(root) as writer:
-        vbn.generate(writer)
-    return root
+    return build_world(root, generators=("vbn",))
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,9 @@ def default_world_dir() -> Path:
     return Path(parent) / _fingerprint()
 
 
-def build_world(root: Path | str | None = None, force: bool = False) -> Path:
+def build_world(
+    root: Path | str | None = None, force: bool = False, generators: tuple[str, ...] = GENERATORS
+) -> Path:
     """Build the sample world (ABC and VBN buckets, Allen API) unless it is already built.
 
     The data are synthetic, generated deterministically in the real layouts and formats. A build
@@ -56,6 +58,9 @@ def build_world(root: Path | str | None = None, force: bool = False) -> Path:
         Where to build. Default: :func:`default_world_dir`.
     force : bool
         Rebuild even if a complete world is there.
+    generators : tuple of str
+        Which parts to build (``"abc"``, ``"vbn"``, ``"amba"``); all by default. Tests build one
+        part into their own folder.
 
     Returns
     -------
@@ -74,7 +79,7 @@ def build_world(root: Path | str | None = None, force: bool = False) -> Path:
         started = time.perf_counter()
         timings = {}
         with WorldWriter(tmp) as writer:
-            for name in GENERATORS:
+            for name in generators:
                 t0 = time.perf_counter()
                 if importlib.util.find_spec(f"{__package__}.{name}") is None:
                     LOGGER.warning("Sample generator '%s' is missing; its data are skipped.", name)
@@ -83,7 +88,7 @@ def build_world(root: Path | str | None = None, force: bool = False) -> Path:
                 module.generate(writer)
                 timings[name] = round(time.perf_counter() - t0, 2)
         (tmp / "WORLD.json").write_text(
-            json.dumps({"fingerprint": _fingerprint(), "generators": list(GENERATORS),
+            json.dumps({"fingerprint": _fingerprint(), "generators": list(generators),
                         "synthetic": True}, indent=1)
         )
         if root.exists():
