@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 from filelock import FileLock
 
-from ._files import atomic_write_text
+from .cachefolder import atomic_write_text
 from .manifest import (
     DATA_KINDS,
     FileAttributes,

@@ -36,9 +36,9 @@ from urllib.parse import quote, urlsplit
 
 from tqdm import tqdm
 
-from ._files import atomic_write_text, link_or_copy
 from .cache import BUCKET as ABC_BUCKET
 from .cache import AbcProjectCache, LargeDataSizeWarning, OutdatedManifestWarning
+from .cachefolder import atomic_write_text, link_or_copy
 from .manifest import format_size
 from .sources import Source, get_source
 from .transfer import DownloadError, DownloadJob, download, download_many, file_hash, list_objects

@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
-from ._files import atomic_write_text, link_or_copy
 from .cache import OutdatedManifestWarning
+from .cachefolder import atomic_write_text, link_or_copy
 from .manifest import check_relative_path
 from .sources import Source, get_source
 from .transfer import download, file_hash, list_objects

@@ -11,10 +11,14 @@ from urllib.parse import quote, urlsplit
 #: Environment variable that sets the default source.
 SOURCE_ENV = "ABC_HELPERS_SOURCE"
 
+#: The Allen Brain Cell Atlas bucket.
+ABC_BUCKET = "allen-brain-cell-atlas"
+#: The Visual Behavior Neuropixels bucket.
+VBN_BUCKET = "visual-behavior-neuropixels-data"
 #: The real endpoints, always over HTTPS.
 AWS_BUCKET_URLS = {
-    "allen-brain-cell-atlas": "https://allen-brain-cell-atlas.s3.us-west-2.amazonaws.com/",
-    "visual-behavior-neuropixels-data": "https://visual-behavior-neuropixels-data.s3.us-west-2.amazonaws.com/",
+    ABC_BUCKET: f"https://{ABC_BUCKET}.s3.us-west-2.amazonaws.com/",
+    VBN_BUCKET: f"https://{VBN_BUCKET}.s3.us-west-2.amazonaws.com/",
 }
 AWS_API_URL = "https://api.brain-map.org/"
 

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from abc_helpers.sample import abc, build_world
-from abc_helpers.sample.world import ABC_BUCKET, load_index, md5_of_file
+from abc_helpers.sample.world import load_index, md5_of_file
+from abc_helpers.sources import ABC_BUCKET
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 CLASS_NAMES_20231215 = 34

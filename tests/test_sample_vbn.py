@@ -15,7 +15,8 @@ import pytest
 import requests
 
 from abc_helpers.sample import build_world, vbn
-from abc_helpers.sample.world import VBN_BUCKET, load_index
+from abc_helpers.sample.world import load_index
+from abc_helpers.sources import VBN_BUCKET
 
 S3 = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 UNITS_KEY = vbn.relative_key("metadata", "units")

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..sources import ABC_BUCKET, VBN_BUCKET
 from .build import build_world, default_world_dir
 from .faults import Fault, FaultPlan
 from .server import SampleServer
-from .world import ABC_BUCKET, VBN_BUCKET, WorldWriter
+from .world import WorldWriter
 
 __all__ = ["start", "build_world", "default_world_dir", "SampleServer", "Fault", "FaultPlan",
            "WorldWriter", "ABC_BUCKET", "VBN_BUCKET"]

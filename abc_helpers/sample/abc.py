@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..sources import ABC_BUCKET
 from .abc_ccf import (
     SECTIONS,
     SPACING_MM,
@@ -53,7 +54,7 @@ from .abc_cells import (
 )
 from .abc_merfish import MATRIX_LABEL, build_merfish
 from .abc_taxonomy import build_taxonomy, taxonomy_tables
-from .world import ABC_BUCKET, WorldWriter
+from .world import WorldWriter
 
 LOGGER = logging.getLogger("abc_helpers")
 

@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .world import VBN_BUCKET, WorldWriter
+from ..sources import VBN_BUCKET
+from .world import WorldWriter
 
 #: The project folder at the top of the bucket.
 PREFIX = "visual-behavior-neuropixels"

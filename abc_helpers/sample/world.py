@@ -23,10 +23,6 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-#: Buckets of the real services that the sample world imitates.
-ABC_BUCKET = "allen-brain-cell-atlas"
-VBN_BUCKET = "visual-behavior-neuropixels-data"
-
 #: The fixed date every object gets unless its generator gives one (keeps builds byte-identical).
 DEFAULT_LAST_MODIFIED = "2023-12-15T00:00:00.000Z"
 
