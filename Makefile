@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: book test venv lint bench clean
+.PHONY: book test venv lint bench clean notebooks
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,12 @@ test: $(STAMP)
 	$(PY) -m pytest tests abc_helpers --doctest-modules --nbval book --nbval-sanitize-with book/sanitize.cfg -p no:cacheprovider
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check abc_helpers tests bench book
+	$(VENV)/bin/ruff check abc_helpers tests bench book tools
+
+## Re-execute the notebooks in place (their stored outputs are what readers and nbval see).
+notebooks: $(STAMP)
+	$(PY) -m abc_helpers.sample build
+	$(PY) tools/run_notebooks.py
 
 bench: $(STAMP)
 	for b in bench/[!_]*.py; do $(PY) $$b --quick || exit 1; done

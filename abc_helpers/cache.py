@@ -4,15 +4,16 @@ The cache folder is laid out like the bucket::
 
     <cache_dir>/releases/<YYYYMMDD>/manifest.json
     <cache_dir>/<kind>/<directory>/<version>/<file>        e.g. metadata/WMB-10X/20231215/gene.csv
-    <cache_dir>/_downloaded_data.json                        {relative path: md5} of verified files
+    <cache_dir>/_downloaded_data.json                        the record of verified files
     <cache_dir>/_manifest_last_used.txt                      the release used last, across processes
 
-Paths in the records are relative, so the folder can be moved or mounted elsewhere.
+The bookkeeping (record, last-used release, confinement, read-only mode) is the one cache-folder
+core, :class:`abc_helpers.cachefolder.CacheFolder`; this module keeps what is the ABC Atlas's own:
+listing and parsing its release manifests and mapping a file to its key and md5.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -21,9 +22,8 @@ import warnings
 from pathlib import Path
 
 import pandas as pd
-from filelock import FileLock
 
-from .cachefolder import atomic_write_text
+from .cachefolder import CacheFolder, OutdatedManifestWarning, ReadOnlyLocalCacheWarning
 from .manifest import (
     DATA_KINDS,
     FileAttributes,
@@ -33,28 +33,20 @@ from .manifest import (
     format_size,
     suggest,
 )
-from .sources import Source, get_source
+from .sources import ABC_BUCKET, Source, get_source
 from .transfer import DownloadJob, download, download_many, file_hash, list_objects
 
 LOGGER = logging.getLogger("abc_helpers")
 
-BUCKET = "allen-brain-cell-atlas"
+__all__ = ["AbcProjectCache", "LargeDataSizeWarning", "OutdatedManifestWarning",
+           "ReadOnlyLocalCacheWarning"]
+
 MANIFEST_PREFIX = "releases/"
 _MANIFEST_RE = re.compile(r"^releases/(\d{8})/manifest\.json$")
-_RECORD = "_downloaded_data.json"
-_LAST_USED = "_manifest_last_used.txt"
-
-
-class OutdatedManifestWarning(UserWarning):
-    """A newer release exists than the one being loaded."""
 
 
 class LargeDataSizeWarning(UserWarning):
     """A directory download is large (over 10 GB by default)."""
-
-
-class ReadOnlyLocalCacheWarning(UserWarning):
-    """The cache folder is read-only: nothing will be downloaded or recorded."""
 
 
 class AbcProjectCache:
@@ -86,16 +78,13 @@ class AbcProjectCache:
         large_directory_bytes: int = 10 * 1024**3,
         max_workers: int = 8,
     ) -> None:
-        self._cache_dir = Path(cache_dir).expanduser().resolve()
+        self._folder = CacheFolder(cache_dir, read_only=local)
+        self._cache_dir = self._folder.root
         self.local = local
         self.large_directory_bytes = large_directory_bytes
         self.max_workers = max_workers
         self._source = None if local else get_source(source)
-        if not local:
-            self._cache_dir.mkdir(parents=True, exist_ok=True)
-        elif not self._cache_dir.is_dir():
-            raise FileNotFoundError(f"Local cache folder '{self._cache_dir}' does not exist: give the "
-                                    "folder that holds releases/ (e.g. a mounted bucket).")
+        self._folder.ensure_exists()
         self._remote_manifests: list[str] | None = None
         self._manifest: Manifest | None = None
         self._warned_outdated: set[str] = set()
@@ -131,6 +120,11 @@ class AbcProjectCache:
         return self._cache_dir
 
     @property
+    def cache_folder(self) -> CacheFolder:
+        """The cache folder's bookkeeping (paths, record, last-used manifest)."""
+        return self._folder
+
+    @property
     def source(self) -> Source | None:
         """Where files come from (None for a local cache)."""
         return self._source
@@ -150,11 +144,11 @@ class AbcProjectCache:
                                         f"cache '{self._cache_dir}'.")
             return downloaded
         if self._remote_manifests is None:
-            keys = [o["key"] for o in list_objects(self._source.bucket_url(BUCKET), MANIFEST_PREFIX)]
+            keys = [o["key"] for o in list_objects(self._source.bucket_url(ABC_BUCKET), MANIFEST_PREFIX)]
             self._remote_manifests = sorted(k for k in keys if _MANIFEST_RE.match(k))
             if not self._remote_manifests:
                 raise FileNotFoundError(f"No release manifests under '{MANIFEST_PREFIX}' at "
-                                        f"{self._source.bucket_url(BUCKET)}: is the data source right?")
+                                        f"{self._source.bucket_url(ABC_BUCKET)}: is the data source right?")
         return list(self._remote_manifests)
 
     @property
@@ -185,7 +179,14 @@ class AbcProjectCache:
         """The loaded :class:`~abc_helpers.manifest.Manifest`."""
         return self._manifest
 
-    def _check_manifest_name(self, name: str) -> str:
+    def check_manifest_name(self, name: str) -> str:
+        """Return the full manifest name of release *name* (``'20231215'`` is accepted).
+
+        Raises
+        ------
+        ValueError
+            If the source has no such release (the message suggests close names).
+        """
         valid = self.list_manifest_file_names
         if name in valid:
             return name
@@ -197,12 +198,14 @@ class AbcProjectCache:
 
     def get_manifest(self, name: str) -> Manifest:
         """Return the parsed manifest of release *name* (downloaded if needed) without loading it."""
-        name = self._check_manifest_name(name) if not (self._cache_dir / name).exists() else name
-        path = self._cache_dir / name
+        path = self._folder.path(name)
+        if not path.exists():
+            name = self.check_manifest_name(name)
+            path = self._folder.path(name)
         if not path.exists():
             if self.local:
                 raise FileNotFoundError(f"{name} is not in the local cache '{self._cache_dir}'.")
-            download(self._source.object_url(BUCKET, name), path, progressbar=False)
+            download(self._source.object_url(ABC_BUCKET, name), path, progressbar=False)
         return Manifest.from_file(path, name=name)
 
     def load_manifest(self, manifest_name: str | None = None) -> None:
@@ -211,7 +214,7 @@ class AbcProjectCache:
         if manifest_name is None:
             self.load_last_manifest()
             return
-        name = self._check_manifest_name(manifest_name)
+        name = self.check_manifest_name(manifest_name)
         latest = self.latest_manifest_file
         if name != latest and latest not in self._warned_outdated and not self.local:
             self._warned_outdated.add(latest)
@@ -222,7 +225,7 @@ class AbcProjectCache:
                 "To load the newest, run\nAbcProjectCache.load_latest_manifest()",
                 OutdatedManifestWarning, stacklevel=2)
         self._manifest = self.get_manifest(name)
-        self._save_last_used(name)
+        self._folder.set_last_used(name)
 
     def load_latest_manifest(self) -> None:
         """Load the newest release; warns if you were working with an older one."""
@@ -236,12 +239,11 @@ class AbcProjectCache:
                 f"continue with {previous}, run\nAbcProjectCache.load_manifest('{previous}')",
                 OutdatedManifestWarning, stacklevel=2)
         self._manifest = self.get_manifest(latest)
-        self._save_last_used(latest)
+        self._folder.set_last_used(latest)
 
     def load_last_manifest(self) -> None:
         """Load the release used last (across Python sessions), or the newest one."""
-        record = self._cache_dir / _LAST_USED
-        name = record.read_text().strip() if record.exists() else None
+        name = self._folder.last_used()
         if name is None:
             self.load_latest_manifest()
             return
@@ -262,11 +264,6 @@ class AbcProjectCache:
                 OutdatedManifestWarning, stacklevel=3)
         self._manifest = self.get_manifest(name)
 
-    def _save_last_used(self, name: str) -> None:
-        if self.local:
-            return
-        atomic_write_text(self._cache_dir / _LAST_USED, name)
-
     def compare_manifests(self, manifest_newer_name: str, manifest_older_name: str) -> ManifestComparison:
         """What changed between two releases: directories and files added, removed and changed.
 
@@ -280,8 +277,8 @@ class AbcProjectCache:
         ManifestComparison
             Prints as readable text; ``.to_dataframe()`` gives one row per changed file.
         """
-        newer = self.get_manifest(self._check_manifest_name(manifest_newer_name))
-        older = self.get_manifest(self._check_manifest_name(manifest_older_name))
+        newer = self.get_manifest(self.check_manifest_name(manifest_newer_name))
+        older = self.get_manifest(self.check_manifest_name(manifest_older_name))
         return compare_manifests(newer, older)
 
     # -- listing ---------------------------------------------------------------------------------
@@ -321,60 +318,32 @@ class AbcProjectCache:
         return self._manifest.get_file_attributes(directory, file_name)
 
     # -- the download record -----------------------------------------------------------------------
-    def _record_path(self) -> Path:
-        return self._cache_dir / _RECORD
-
-    def _read_record(self) -> dict[str, str | None]:
-        path = self._record_path()
-        if not path.exists():
-            return {}
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            LOGGER.warning("The download record %s is damaged; files will be checked again.", path)
-            return {}
-
-    def _record(self, attrs: list[FileAttributes], hashes: list[str | None]) -> None:
-        if self.local:
-            return
-        with FileLock(str(self._record_path()) + ".lock"):
-            record = self._read_record()
-            for a, h in zip(attrs, hashes, strict=False):
-                record[a.relative_path] = h
-            atomic_write_text(self._record_path(), json.dumps(record, indent=1, sort_keys=True))
-
-    def _local_path(self, attrs: FileAttributes) -> Path:
-        path = (self._cache_dir / attrs.relative_path).resolve()
-        if self._cache_dir not in path.parents:
-            raise ValueError(f"'{attrs.relative_path}' would be written outside the cache folder "
-                             f"'{self._cache_dir}': refused.")
-        return path
+    def _record(self, files: list[FileAttributes], skip_hash_check: bool) -> None:
+        self._folder.record({a.relative_path: None if skip_hash_check else a.known_hash for a in files})
 
     def _is_ready(self, attrs: FileAttributes, record: dict, skip_hash_check: bool) -> bool:
         """Is the file at its local path, whole and (if known) verified?"""
-        path = self._local_path(attrs)
+        path = self._folder.path(attrs.relative_path)
         if not path.is_file():
             return False
         if path.stat().st_size != attrs.size:
             LOGGER.warning("%s has %d bytes but the manifest says %d: downloading it again.",
                            path, path.stat().st_size, attrs.size)
             return False
-        recorded = record.get(attrs.relative_path, "absent")
-        if recorded == attrs.file_hash or (recorded is None and skip_hash_check):
+        entry = record.get(attrs.relative_path)
+        if CacheFolder.matches(entry, path, attrs.known_hash):
             return True
-        if self.local:
-            return True  # a read-only mirror: trust what is there
-        if skip_hash_check:
-            return True
+        if self.local or skip_hash_check:
+            return True  # a read-only mirror is trusted; skip_hash_check trusts the size
         # Present but not recorded (or recorded for another release): check its hash once.
         if file_hash(path, "md5") == attrs.known_hash:
-            self._record([attrs], [attrs.file_hash])
+            self._record([attrs], skip_hash_check=False)
             return True
         return False
 
     def _fetch(self, files: list[FileAttributes], force_download: bool, skip_hash_check: bool,
                desc: str | None = None) -> list[Path]:
-        paths = [self._local_path(a) for a in files]
+        paths = [self._folder.path(a.relative_path) for a in files]
         if self.local:
             missing = [str(p) for p in paths if not p.is_file()]
             if missing:
@@ -383,7 +352,7 @@ class AbcProjectCache:
                     f"{missing[:3]}{' ...' if len(missing) > 3 else ''}. Use "
                     "AbcProjectCache.from_s3_cache to download them.")
             return paths
-        record = self._read_record()
+        record = self._folder.read_record()
         todo = [a for a in files if force_download or not self._is_ready(a, record, skip_hash_check)]
         if not todo:
             return paths
@@ -396,25 +365,25 @@ class AbcProjectCache:
 
         # Files present now failed the checks above: replace them. Files absent now but present
         # once the per-file lock is held were completed by another process: keep those.
-        stale = {self._local_path(a) for a in todo if self._local_path(a).exists()}
+        stale = {self._folder.path(a.relative_path) for a in todo
+                 if self._folder.path(a.relative_path).exists()}
 
         def job(a: FileAttributes) -> DownloadJob:
-            path = self._local_path(a)
-            return DownloadJob(self._source.object_url(BUCKET, a.relative_path), path,
+            path = self._folder.path(a.relative_path)
+            return DownloadJob(self._source.object_url(ABC_BUCKET, a.relative_path), path,
                                None if skip_hash_check else a.known_hash, a.size,
                                force=force_download or path in stale)
 
-        by_path = {self._local_path(a): a for a in todo}
+        by_path = {self._folder.path(a.relative_path): a for a in todo}
         if len(todo) == 1:
             a = todo[0]
             j = job(a)
             download(j.url, j.path, known_hash=j.known_hash, size=j.size, force=j.force,
                      desc=a.file_name)
-            self._record([a], [None if skip_hash_check else a.file_hash])
+            self._record([a], skip_hash_check)
         else:
             download_many([job(a) for a in todo], max_workers=self.max_workers, desc=desc,
-                          on_done=lambda j, p: self._record(
-                              [by_path[p]], [None if skip_hash_check else by_path[p].file_hash]))
+                          on_done=lambda j, p: self._record([by_path[p]], skip_hash_check))
         return paths
 
     # -- files -----------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .cachefolder import check_relative_path
+
 #: The kinds of files a directory may hold, as the manifest names them.
 KINDS = ("metadata", "expression_matrices", "image_volumes", "mapmycells")
 #: Kinds that ``list_data_files`` and ``get_directory_data`` cover (everything but metadata).
@@ -67,10 +69,6 @@ class FileAttributes:
         """The file's base name, e.g. ``'gene.csv'``."""
         return posixpath.basename(self.relative_path)
 
-    def local_path(self, cache_dir: str | Path) -> Path:
-        """Where the file lives in a cache folder laid out like the bucket."""
-        return Path(cache_dir) / self.relative_path
-
 
 def format_size(nbytes: float) -> str:
     """Format a byte count the way the ABC Atlas tools print it (powers of 1024).
@@ -88,20 +86,6 @@ def format_size(nbytes: float) -> str:
         if nbytes >= 1024**power:
             return f"{nbytes / 1024**power:.2f} {unit}"
     return f"{int(nbytes)} B"
-
-
-def check_relative_path(relative_path: object, where: str) -> str:
-    """Refuse a relative path that is not a plain path inside the bucket."""
-    if not isinstance(relative_path, str) or not relative_path:
-        raise ValueError(f"Invalid manifest entry {where}: 'relative_path' must be a non-empty string.")
-    normal = posixpath.normpath(relative_path)
-    if (relative_path.startswith(("/", "\\")) or "\\" in relative_path or ":" in relative_path
-            or normal.startswith("..") or normal != relative_path.rstrip("/")):
-        raise ValueError(
-            f"Invalid manifest entry {where}: relative_path '{relative_path}' escapes or is not a "
-            "plain path inside the bucket. The manifest is refused; nothing was written."
-        )
-    return relative_path
 
 
 def suggest(name: str, choices: list[str]) -> str:

@@ -7,7 +7,8 @@ same protocol as the sample world (S3 REST subset, Allen API routes), so learner
     DIR/allen-brain-cell-atlas/                 an AbcProjectCache cache_dir (= the bucket layout)
         releases/<YYYYMMDD>/manifest.json
         metadata/<directory>/<version>/...      expression_matrices/..., image_volumes/...
-        _downloaded_data.json, _manifest_last_used.txt, *.lock     bookkeeping: never served
+        _downloaded_data.json, _manifest_last_used.txt, *.lock, *.part   bookkeeping: never served
+                                                (abc_helpers.cachefolder.is_bookkeeping)
     DIR/visual-behavior-neuropixels-data/       laid out like that bucket
         visual-behavior-neuropixels/manifests/<manifest>.json
         visual-behavior-neuropixels/project_metadata/<table>.csv          the newest version
@@ -36,19 +37,17 @@ from urllib.parse import quote, urlsplit
 
 from tqdm import tqdm
 
-from .cache import BUCKET as ABC_BUCKET
-from .cache import AbcProjectCache, LargeDataSizeWarning, OutdatedManifestWarning
-from .cachefolder import atomic_write_text, link_or_copy
+from .cache import AbcProjectCache, LargeDataSizeWarning
+from .cachefolder import OutdatedManifestWarning, atomic_write_text, link_or_copy, temporary_path
 from .manifest import format_size
-from .sources import Source, get_source
+from .sources import ABC_BUCKET, VBN_BUCKET, Source, get_source
 from .transfer import DownloadError, DownloadJob, download, download_many, file_hash, list_objects
 
 LOGGER = logging.getLogger("abc_helpers")
 
 __all__ = ["MirrorReport", "fill_mirror", "fill_abc", "fill_vbn", "fill_allen_api",
-           "VBN_BUCKET", "API_FOLDER", "VERSIONS_FOLDER"]
+           "API_FOLDER", "VERSIONS_FOLDER"]
 
-VBN_BUCKET = "visual-behavior-neuropixels-data"
 VBN_PROJECT = "visual-behavior-neuropixels"
 VBN_MANIFESTS = f"{VBN_PROJECT}/manifests/"
 #: Folder of the Allen API files in a mirror.
@@ -157,7 +156,7 @@ def fill_abc(
     if _names(releases) is None:
         names = cache.list_manifest_file_names
     else:
-        names = sorted({cache.latest_manifest_file if r == "latest" else cache._check_manifest_name(r)
+        names = sorted({cache.latest_manifest_file if r == "latest" else cache.check_manifest_name(r)
                         for r in _names(releases)})
     wanted = {"metadata": _names(metadata) if metadata else [], "data": _names(data) if data else []}
     seen = {d for name in names for d in cache.get_manifest(name).list_directories}
@@ -324,7 +323,7 @@ def fill_allen_api(
     criteria = "products[abbreviation$eqMouse],genes[acronym$in" + ",".join(f"'{g}'" for g in genes) + "]"
     url = src.api_url("api/v2/data/SectionDataSet/query.json?criteria="
                       + quote(criteria, safe="[]$',") + f"&include={API_INCLUDE}&num_rows=all")
-    tmp_query = api_dir / f".query.{os.getpid()}.json"
+    tmp_query = temporary_path(api_dir / "query.json")
     download(url, tmp_query, progressbar=False, force=True)
     try:
         answer = json.loads(tmp_query.read_text())

@@ -5,7 +5,7 @@ The calls and the folder layout follow the AllenSDK's ``VisualBehaviorNeuropixel
 
     <cache_dir>/visual-behavior-neuropixels_project_manifest_v0.3.0.json   the manifests
     <cache_dir>/_manifest_last_used.txt                                     the manifest used last
-    <cache_dir>/_downloaded_data.json           {path relative to cache_dir: blake2b} of verified files
+    <cache_dir>/_downloaded_data.json           the record of verified files (blake2b and size)
     <cache_dir>/visual-behavior-neuropixels-0.3.0/project_metadata/units.csv
     <cache_dir>/visual-behavior-neuropixels-0.3.0/project_metadata/units.<hash>.parquet   parsed table
     <cache_dir>/visual-behavior-neuropixels-0.3.0/behavior_ecephys_sessions/<id>/ecephys_session_<id>.nwb
@@ -16,6 +16,8 @@ skips parsing; a file unchanged between two manifest versions is **hard-linked**
 that already has it (a real file on both paths: deleting the old version folder cannot break the
 new one, and no symlink privileges are needed on Windows; a copy if the folder cannot hold hard
 links); the download record stores paths relative to *cache_dir*, so the folder can move.
+The bookkeeping (record, last-used manifest, confinement, read-only mode) is the one cache-folder
+core, :class:`abc_helpers.cachefolder.CacheFolder`, shared with :class:`~abc_helpers.AbcProjectCache`.
 """
 
 from __future__ import annotations
@@ -31,12 +33,15 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
-from filelock import FileLock
 
-from .cache import OutdatedManifestWarning
-from .cachefolder import atomic_write_text, link_or_copy
-from .manifest import check_relative_path
-from .sources import Source, get_source
+from .cachefolder import (
+    CacheFolder,
+    OutdatedManifestWarning,
+    atomic_path,
+    check_relative_path,
+    link_or_copy,
+)
+from .sources import VBN_BUCKET, Source, get_source
 from .transfer import download, file_hash, list_objects
 
 LOGGER = logging.getLogger("abc_helpers")
@@ -52,7 +57,6 @@ __all__ = [
 ]
 
 PROJECT_NAME = "visual-behavior-neuropixels"
-BUCKET = "visual-behavior-neuropixels-data"
 MANIFEST_PREFIX = f"{PROJECT_NAME}/manifests/"
 TABLE_NAMES = ("ecephys_sessions", "behavior_sessions", "probes", "channels", "units")
 #: The index column of each table, as the SDK sets it.
@@ -67,14 +71,12 @@ _TEXT_COLUMNS = ("date_of_acquisition", "structure_acronyms", "abnormal_histolog
 _NA_VALUES = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
               "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
 _MANIFEST_RE = re.compile(r".*_manifest_v(\d+)\.(\d+)\.(\d+)\.json$")
-_RECORD = "_downloaded_data.json"
-_LAST_USED = "_manifest_last_used.txt"
 _UI = "VbnProjectCache"
 
 
 # -- direct links (the seed notebook's helpers) -------------------------------------------------
 def _object_url(key: str, source: str | Source | None, version_id: str | None = None) -> str:
-    return get_source(source).object_url(BUCKET, key, version_id=version_id)
+    return get_source(source).object_url(VBN_BUCKET, key, version_id=version_id)
 
 
 def get_manifest_url(manifest_version: str, source: str | Source | None = None) -> str:
@@ -147,7 +149,7 @@ def generate_all_download_urls_from_manifest(manifest_path: str | os.PathLike,
     manifest = json.loads(Path(manifest_path).read_text())
     src = get_source(source)
     entries = list(manifest["metadata_files"].values()) + list(manifest["data_files"].values())
-    return [src.object_url(BUCKET, _relative_key(e["url"]), version_id=e["version_id"]) for e in entries]
+    return [src.object_url(VBN_BUCKET, _relative_key(e["url"]), version_id=e["version_id"]) for e in entries]
 
 
 # -- manifests --------------------------------------------------------------------------------
@@ -212,19 +214,16 @@ class VbnProjectCache:
     """
 
     PROJECT_NAME = PROJECT_NAME
-    BUCKET_NAME = BUCKET
+    BUCKET_NAME = VBN_BUCKET
 
     def __init__(self, cache_dir: str | Path, source: str | Source | None = None, local: bool = False,
                  progressbar: bool = True) -> None:
-        self._cache_dir = Path(cache_dir).expanduser().resolve()
+        self._folder = CacheFolder(cache_dir, read_only=local)
+        self._cache_dir = self._folder.root
         self.local = local
         self.progressbar = progressbar
-        self._source_arg = source
         self._source: Source | None = None if local else get_source(source)
-        if local and not self._cache_dir.is_dir():
-            raise FileNotFoundError(f"Local cache folder '{self._cache_dir}' does not exist: give a folder "
-                                    "that VbnProjectCache.from_s3_cache has filled.")
-        self._cache_dir.mkdir(parents=True, exist_ok=True)
+        self._folder.ensure_exists()
         self._remote: list[str] | None = None
         self._manifest: dict | None = None
         self._manifest_name: str | None = None
@@ -248,6 +247,11 @@ class VbnProjectCache:
         return self._cache_dir
 
     @property
+    def cache_folder(self) -> CacheFolder:
+        """The cache folder's bookkeeping (paths, record, last-used manifest)."""
+        return self._folder
+
+    @property
     def source(self) -> Source | None:
         """Where files come from (None for a local cache)."""
         return self._source
@@ -261,7 +265,7 @@ class VbnProjectCache:
         """Return the names of every manifest available (from the source; offline: downloaded)."""
         if self.local:
             return self.list_all_downloaded_manifests()
-        objects = list_objects(self._source.bucket_url(BUCKET), MANIFEST_PREFIX)
+        objects = list_objects(self._source.bucket_url(VBN_BUCKET), MANIFEST_PREFIX)
         names = [Path(o["key"]).name for o in objects]
         self._remote = sorted(n for n in names if _MANIFEST_RE.match(n))
         return list(self._remote)
@@ -273,7 +277,7 @@ class VbnProjectCache:
         """Return the name of the newest manifest available (by version number)."""
         latest = _latest(self._available())
         if latest is None:
-            where = f"'{self._cache_dir}'" if self.local else f"{self._source.bucket_url(BUCKET)}{MANIFEST_PREFIX}"
+            where = f"'{self._cache_dir}'" if self.local else f"{self._source.bucket_url(VBN_BUCKET)}{MANIFEST_PREFIX}"
             raise FileNotFoundError(f"No VBN manifest found in {where}. Check the data source (or, "
                                     "offline, that the cache folder was filled by from_s3_cache).")
         return latest
@@ -309,7 +313,7 @@ class VbnProjectCache:
         if not path.exists():
             if self.local:
                 raise FileNotFoundError(f"Manifest '{name}' is not in the local cache '{self._cache_dir}'.")
-            download(self._source.object_url(BUCKET, MANIFEST_PREFIX + name), path, progressbar=False)
+            download(self._source.object_url(VBN_BUCKET, MANIFEST_PREFIX + name), path, progressbar=False)
         manifest = json.loads(path.read_text())
         missing = [k for k in ("project_name", "manifest_version", "metadata_file_id_column_name",
                                "data_pipeline", "metadata_files", "data_files") if k not in manifest]
@@ -321,8 +325,7 @@ class VbnProjectCache:
     def _use(self, name: str) -> None:
         self._manifest = self._read_manifest(name)
         self._manifest_name = name
-        if not self.local:
-            atomic_write_text(self._cache_dir / _LAST_USED, name)
+        self._folder.set_last_used(name)
 
     def load_manifest(self, manifest_name: str) -> None:
         """Use the manifest *manifest_name* (a dataset version), remembered for the next session.
@@ -359,8 +362,7 @@ class VbnProjectCache:
         self._use(latest)
 
     def _load_last_manifest(self) -> None:
-        record = self._cache_dir / _LAST_USED
-        name = record.read_text().strip() if record.exists() else None
+        name = self._folder.last_used()
         if not name:
             self.load_latest_manifest()
             return
@@ -405,60 +407,45 @@ class VbnProjectCache:
         below = _relative_key(entry["url"]).split("/", 1)[-1]
         rel = f"{self._manifest['project_name']}-{self._manifest['manifest_version']}/{below}"
         check_relative_path(rel, f"'{entry['url']}' in {self._manifest_name}")
-        if self._cache_dir not in (self._cache_dir / rel).resolve().parents:
+        try:
+            self._folder.path(rel)
+        except ValueError:
             raise ValueError(f"Manifest {self._manifest_name}: '{entry['url']}' would be written "
-                             f"outside the cache folder '{self._cache_dir}': refused.")
+                             f"outside the cache folder '{self._cache_dir}': refused.") from None
         return rel
-
-    def _read_record(self) -> dict[str, str]:
-        path = self._cache_dir / _RECORD
-        return json.loads(path.read_text()) if path.exists() else {}
-
-    def _record(self, rel: str, hexdigest: str) -> None:
-        """Record a verified file as ``"<blake2b hex>:<size>"`` (the size catches truncation)."""
-        if self.local:
-            return
-        path = self._cache_dir / _RECORD
-        size = (self._cache_dir / rel).stat().st_size
-        with FileLock(str(path) + ".lock"):
-            record = self._read_record()
-            record[rel] = f"{hexdigest}:{size}"
-            atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True))
 
     def _fetch(self, entry: dict) -> Path:
         """Return the local path of a manifest entry: recorded, reused from another version, or
         downloaded (verified with its blake2b hash)."""
         rel = self._local_rel(entry)
-        path = self._cache_dir / rel
+        path = self._folder.path(rel)
         expected = entry["file_hash"].lower()
-        record = self._read_record()
+        known = f"blake2b:{expected}"
+        record = self._folder.read_record()
         if path.is_file():
-            digest, _, size = record.get(rel, "").partition(":")
-            if digest == expected and size == str(path.stat().st_size):
+            if CacheFolder.matches(record.get(rel), path, known):
                 return path
-            if file_hash(path, "blake2b") == f"blake2b:{expected}":  # present but unrecorded
-                self._record(rel, expected)
+            if file_hash(path, "blake2b") == known:  # present but unrecorded
+                self._folder.record({rel: known})
                 return path
             if self.local:
                 raise OSError(f"'{path}' does not match its manifest hash; run from_s3_cache to fetch it again.")
             LOGGER.warning("'%s' does not match its manifest hash: downloading it again.", path)
             path.unlink()
-        for other, value in record.items():
-            source = self._cache_dir / other
-            digest, _, size = value.partition(":")
-            if digest == expected and source.is_file() and size == str(source.stat().st_size):
-                LOGGER.info("Reusing '%s' for '%s' (same blake2b).", other, rel)
-                link_or_copy(source, path)
-                for parsed in source.parent.glob(f"{source.stem}.{expected[:16]}.parquet"):
-                    link_or_copy(parsed, path.parent / f"{path.stem}.{expected[:16]}.parquet")
-                self._record(rel, expected)
-                return path
+        source = self._folder.find_recorded(known, record)
+        if source is not None:
+            LOGGER.info("Reusing '%s' for '%s' (same blake2b).", source, rel)
+            link_or_copy(source, path)
+            for parsed in source.parent.glob(f"{source.stem}.{expected[:16]}.parquet"):
+                link_or_copy(parsed, path.parent / f"{path.stem}.{expected[:16]}.parquet")
+            self._folder.record({rel: known})
+            return path
         if self.local:
             raise FileNotFoundError(f"'{rel}' is not in the local cache '{self._cache_dir}'. Use "
                                     f"{_UI}.from_s3_cache to download it.")
-        url = self._source.object_url(BUCKET, _relative_key(entry["url"]), version_id=entry["version_id"])
-        download(url, path, known_hash=f"blake2b:{expected}", progressbar=self.progressbar, desc=path.name)
-        self._record(rel, expected)
+        url = self._source.object_url(VBN_BUCKET, _relative_key(entry["url"]), version_id=entry["version_id"])
+        download(url, path, known_hash=known, progressbar=self.progressbar, desc=path.name)
+        self._folder.record({rel: known})
         return path
 
     def _metadata_entry(self, name: str) -> dict:
@@ -493,13 +480,12 @@ class VbnProjectCache:
         table = _read_csv_arrow(path)
         if self.local:  # a local cache reads and never writes
             return _to_frame(table, name)
-        tmp = parsed.with_name(f"{parsed.name}.{os.getpid()}.tmp")
         try:
             strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
-            pq.write_table(table, tmp, use_dictionary=strings, write_statistics=False, compression="none")
-            os.replace(tmp, parsed)
+            with atomic_path(parsed) as tmp:
+                pq.write_table(table, tmp, use_dictionary=strings, write_statistics=False,
+                               compression="none")
         except OSError as error:  # a read-only folder: serve the table anyway
-            tmp.unlink(missing_ok=True)
             LOGGER.warning("Could not cache the parsed table at '%s' (%s).", parsed, error)
         return _to_frame(table, name)
 

@@ -18,6 +18,7 @@ Every file this package fetches goes through :func:`download` (one file) or :fun
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import queue
@@ -30,10 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
-from filelock import FileLock
+import urllib3
 from requests.adapters import HTTPAdapter
 from tqdm import tqdm
 
+from .cachefolder import file_lock, partial_path
 from .sources import check_url_allowed
 
 LOGGER = logging.getLogger("abc_helpers")
@@ -291,7 +293,8 @@ def _fetch_once(
                 while True:
                     try:
                         chunk = read(CHUNK_SIZE, decode_content=False)
-                    except Exception as error:  # urllib3 ProtocolError, ReadTimeoutError, ...
+                    except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as error:
+                        # ProtocolError (reset, short read), ReadTimeoutError, socket errors
                         raise _Retryable(f"connection broken after {offset + received} bytes "
                                          f"({type(error).__name__})") from error
                     if not chunk:
@@ -373,8 +376,8 @@ def download(
     check_url_allowed(url)
     algorithm, expected = parse_hash(known_hash) if known_hash else (None, None)
     path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + ".part")
-    with FileLock(str(path) + ".lock"):
+    part = partial_path(path)
+    with file_lock(path):
         if path.exists() and not force and (size is None or path.stat().st_size == size):
             return path  # another process (or an earlier call) finished it: final paths are whole
         if force:

@@ -98,7 +98,7 @@ def test_download_directory_once(cache, sample_server):
         rel = p.relative_to(cache.cache_dir).as_posix()
         attrs = next(a for a in cache.manifest.files("Allen-CCF-2020") if a.relative_path == rel)
         assert _md5(p) == attrs.file_hash and rel.startswith("image_volumes/Allen-CCF-2020/")
-    record = json.loads((cache.cache_dir / "_downloaded_data.json").read_text())
+    record = json.loads((cache.cache_dir / "_downloaded_data.json").read_text())["files"]
     assert all(not Path(k).is_absolute() for k in record)
     sample_server.reset_stats()
     assert cache.get_directory_data("Allen-CCF-2020") == paths
@@ -137,8 +137,8 @@ def test_force_download_and_skip_hash_check(cache, sample_server):
     assert _requests(sample_server) == 1
     attrs = cache.get_file_attributes("WMB-taxonomy", "cluster")
     cache.get_metadata_path("WMB-taxonomy", "cluster", skip_hash_check=True)
-    record = json.loads((cache.cache_dir / "_downloaded_data.json").read_text())
-    assert record[attrs.relative_path] is None
+    record = json.loads((cache.cache_dir / "_downloaded_data.json").read_text())["files"]
+    assert record[attrs.relative_path]["hash"] is None
 
 
 def test_truncated_file_is_fetched_again(cache, sample_server):

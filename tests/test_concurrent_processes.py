@@ -54,6 +54,6 @@ def test_processes_fetching_one_directory(case, n_processes, tmp_path):
     for _, key, _, size in files:
         assert sent.get(key) == size, f"{key}: {sent.get(key)} bytes sent for {size}: fetched twice?"
     assert [p for p in cache_dir.rglob("*") if p.name.endswith((".part", ".tmp"))] == []
-    record = json.loads((cache_dir / "_downloaded_data.json").read_text())
-    for local, _, known_hash, _ in files:
-        assert record[local.relative_to(cache_dir).as_posix()] == known_hash.split(":")[1]
+    record = json.loads((cache_dir / "_downloaded_data.json").read_text())["files"]
+    for local, _, known_hash, size in files:
+        assert record[local.relative_to(cache_dir).as_posix()] == {"hash": known_hash, "size": size}

@@ -154,7 +154,7 @@ def test_unchanged_files_are_reused_across_versions(cache):
            (cache.cache_dir / "visual-behavior-neuropixels-0.1.0/project_metadata/units.csv").stat().st_ino
     assert "quality" in units_v2.columns and "quality" not in units_v1.columns
     assert np.allclose(units_v1["amplitude"], 2 * units_v2["amplitude"])
-    record = json.loads((cache.cache_dir / "_downloaded_data.json").read_text())
+    record = json.loads((cache.cache_dir / "_downloaded_data.json").read_text())["files"]
     assert "visual-behavior-neuropixels-0.2.0/project_metadata/probes.csv" in record
     assert all(not k.startswith("/") for k in record)  # relative paths
 

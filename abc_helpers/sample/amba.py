@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cachefolder import atomic_path, atomic_write_text
 from .world import WorldWriter
 
 #: Grid shape in numpy (C) order: (LR, DV, AP), i.e. MetaImage DimSize 67 41 58 reversed.
@@ -399,12 +400,10 @@ def write_api(root: Path, records: list[dict]) -> None:
             vol = experiment_volume(rec["genes"][0]["acronym"], rec["plane_of_section"]["name"],
                                     rec["_seed"])
             data = grid_zip(rec, {"energy": vol})
-        tmp = grid_dir / f"{rec['id']}.zip.tmp"
-        tmp.write_bytes(data)
-        tmp.replace(grid_dir / f"{rec['id']}.zip")
-    tmp = base / "section_data_sets.json.tmp"
-    tmp.write_text(json.dumps({"synthetic": True, "section_data_sets": records}, indent=None))
-    tmp.replace(base / "section_data_sets.json")
+        with atomic_path(grid_dir / f"{rec['id']}.zip") as tmp:
+            tmp.write_bytes(data)
+    atomic_write_text(base / "section_data_sets.json",
+                      json.dumps({"synthetic": True, "section_data_sets": records}, indent=None))
 
 
 def generate(writer: WorldWriter, n_extra: int = 0) -> None:

@@ -12,9 +12,9 @@ import shutil
 import time
 from pathlib import Path
 
-from filelock import FileLock
 from platformdirs import user_cache_dir
 
+from ..cachefolder import file_lock, temporary_path
 from .world import WorldWriter
 
 LOGGER = logging.getLogger("abc_helpers")
@@ -71,10 +71,10 @@ def build_world(
     if (root / "WORLD.json").exists() and not force:
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root) + ".lock"):
+    with file_lock(root):
         if (root / "WORLD.json").exists() and not force:
             return root
-        tmp = root.with_name(root.name + f".building-{os.getpid()}")
+        tmp = temporary_path(root)
         shutil.rmtree(tmp, ignore_errors=True)
         started = time.perf_counter()
         timings = {}
