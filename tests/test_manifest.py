@@ -10,18 +10,15 @@ import pytest
 
 from abc_helpers import DataTypeNotInDirectory, Manifest, compare_manifests, format_size
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "abc_manifest_20231215.json"
-needs_reference = pytest.mark.skipif(not REFERENCE.exists(), reason="../shared/reference is not here")
+#: The published 20231215 manifest, carried in the tests' own data (tests/data/README.md).
+REFERENCE = Path(__file__).resolve().parent / "data" / "abc_manifest_20231215.json"
 
 
 @pytest.fixture(scope="module")
 def real() -> Manifest:
-    if not REFERENCE.exists():
-        pytest.skip("../shared/reference is not here")
     return Manifest.from_file(REFERENCE)
 
 
-@needs_reference
 def test_real_manifest_directories_and_files(real):
     """The published 20231215 manifest parses; lists and sizes match the Allen tutorial's output."""
     assert real.version == "20231215"
@@ -36,7 +33,6 @@ def test_real_manifest_directories_and_files(real):
     assert real.get_file_attributes("WMB-10XMulti", "WMB-10XMulti/log2").version == "20230830"
 
 
-@needs_reference
 def test_ambiguous_and_near_miss_names(real):
     """An ambiguous name lists the valid choices; a near miss suggests the closest names."""
     with pytest.raises(KeyError) as info:
@@ -51,7 +47,6 @@ def test_ambiguous_and_near_miss_names(real):
         real.list_files("WMB-10Xv2", ("metadata",))
 
 
-@needs_reference
 @pytest.mark.parametrize("bad", ["../../etc/passwd", "/etc/passwd", "metadata/../../x.csv",
                                  "C:\\x.csv", "metadata\\..\\x.csv"])
 def test_escaping_relative_paths_are_refused(real, bad):
@@ -73,7 +68,6 @@ def test_not_json_and_missing_keys(tmp_path):
         Manifest.from_file(bad)
 
 
-@needs_reference
 def test_compare_manifests_reports_each_kind_of_change(real):
     """Added and removed directories and files, changed files and directory versions are listed."""
     older = copy.deepcopy(real.data)
