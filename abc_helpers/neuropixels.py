@@ -74,7 +74,7 @@ _MANIFEST_RE = re.compile(r".*_manifest_v(\d+)\.(\d+)\.(\d+)\.json$")
 _UI = "VbnProjectCache"
 
 
-# -- direct links (the seed notebook's helpers) -------------------------------------------------
+# -- direct links (the AllenSDK data-access notebook's helpers) -------------------------------------------------
 def _object_url(key: str, source: str | Source | None, version_id: str | None = None) -> str:
     return get_source(source).object_url(VBN_BUCKET, key, version_id=version_id)
 
@@ -114,7 +114,7 @@ def get_metadata_url(metadata_table_name: str, source: str | Source | None = Non
 def get_behavior_session_url(ecephys_session_id: int, source: str | Source | None = None) -> str:
     """Return the URL of the NWB file of an ecephys session (latest version).
 
-    The seed notebook's helper builds ``ecephys_sessions/ecephys_session_<id>.nwb``, a layout the
+    The AllenSDK's VBN data-access notebook's helper builds ``ecephys_sessions/ecephys_session_<id>.nwb``, a layout the
     bucket no longer uses; this returns the path the files really have,
     ``behavior_ecephys_sessions/<id>/ecephys_session_<id>.nwb``.
 
@@ -137,7 +137,8 @@ def generate_all_download_urls_from_manifest(manifest_path: str | os.PathLike,
     """Return a versioned download URL (``...?versionId=...``) for every file a manifest lists.
 
     The URL is built from *source* and each entry's relative path and ``version_id`` (never from the
-    absolute ``url`` in the manifest), metadata files first, then data files, as in the seed.
+    absolute ``url`` in the manifest), metadata files first, then data files, as in the AllenSDK's
+    VBN data-access notebook.
 
     Parameters
     ----------

@@ -5,8 +5,8 @@ the real grid (67 x 41 x 58 voxels, CCF PIR axes) and labelled with real structu
 acronyms of the Allen structure tree (``data/allen_structure_tree.csv``). Each gene is enriched in
 a few regions (Pcp2 in the Purkinje layer, Ppp1r1b in the striatum, Prox1 in the dentate gyrus,
 ...), each experiment adds its own gain, noise and missing sections, and everything outside the
-brain is -1 (no data), like the real ``energy.raw``. Gene and experiment metadata copy the seed
-query's columns; the ten genes shown in the seed's output keep their real ids, the others have
+brain is -1 (no data), like the real ``energy.raw``. Gene and experiment metadata copy the
+columns of the Allen ISH grid download script's query; the ten genes shown in its output keep their real ids, the others have
 real acronyms, names and Entrez ids and synthetic experiment ids.
 
 Files written under ``<world>/allen-api/``::
@@ -46,7 +46,7 @@ PRODUCTS = {1: {"id": 1, "abbreviation": "Mouse", "name": "Mouse Brain"},
 TREATMENTS = {"ISH": {"id": 1, "name": "ISH"}, "NISSL": {"id": 2, "name": "NISSL"}}
 
 # acronym, name, chromosome_id, entrez_id, homologene_id, (seed experiment id, specimen id) or None,
-# regional enrichment {structure acronym: weight}. The first ten rows are the seed's real output.
+# regional enrichment {structure acronym: weight}. The first ten rows are the download script's real output.
 GENES: list[tuple] = [
     ("Nr2f2", "nuclear receptor subfamily 2, group F, member 2", 52, 11819, 7628, (112646890, 710945),
      {"HY": 2.0, "TH": 1.0, "MB": 1.0}),
