@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 from filelock import FileLock
 
-from .cachefolder import atomic_write_text
+from .cachefolder import CacheFolder, atomic_write_text
 from .manifest import (
     DATA_KINDS,
     FileAttributes,
@@ -87,6 +87,7 @@ class AbcProjectCache:
         max_workers: int = 8,
     ) -> None:
         self._cache_dir = Path(cache_dir).expanduser().resolve()
+        self._folder = CacheFolder(self._cache_dir, read_only=local)
         self.local = local
         self.large_directory_bytes = large_directory_bytes
         self.max_workers = max_workers
@@ -129,6 +130,11 @@ class AbcProjectCache:
     def cache_dir(self) -> Path:
         """The cache folder (absolute)."""
         return self._cache_dir
+
+    @property
+    def cache_folder(self) -> CacheFolder:
+        """The cache folder's bookkeeping (paths, record, last-used manifest)."""
+        return self._folder
 
     @property
     def source(self) -> Source | None:
