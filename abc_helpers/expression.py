@@ -22,27 +22,29 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ._h5ad import (
+from .gene_index import (
+    IndexTables,
+    NoFastPath,
+    build_gene_index,
+    column_slices,
+    data_files,
+    find_gene_index,
+    index_tables,
+    read_obs_labels,
+    var_positions,
+)
+from .h5ad_layout import (
     DEFAULT_BLOCK_NNZ,
     BlockReader,
     RawReader,
     block_bounds,
     matrix_layout,
 )
-from .gene_index import (
-    LOOK_UP,
-    NoFastPath,
-    _data_files,
-    build_gene_index,
-    find_gene_index,
-    index_tables,
-    read_obs_labels,
-    var_positions,
-)
 
 LOGGER = logging.getLogger("abc_helpers")
 
-__all__ = ["MissingCellsWarning", "build_gene_index", "extract_genes_from_h5ad", "get_gene_data"]
+__all__ = ["MissingCellsWarning", "build_gene_index", "extract_genes_from_h5ad", "extract_task",
+           "get_gene_data"]
 
 #: The data types of the WMB/WHB 10x matrices.
 DATA_TYPES = ("log2", "raw")
@@ -70,13 +72,11 @@ def _row_map(obs: pd.Index, labels: pd.Index, path: str) -> np.ndarray | None:
     return obs.get_indexer(labels)
 
 
-def _gene_columns(h5file, genes: Sequence[str], tables=LOOK_UP) -> np.ndarray:
+def _gene_columns(h5file, genes: Sequence[str], tables: IndexTables | None) -> np.ndarray:
     """Column of each gene (a var index value or a ``gene_symbol``) in ``X``; -1 if absent.
 
-    *tables*: :func:`~abc_helpers.gene_index.index_tables` of *h5file* if already known.
+    *tables*: :func:`~abc_helpers.gene_index.index_tables` of *h5file* (None if not an index).
     """
-    if tables is LOOK_UP:
-        tables = index_tables(h5file)
     cols = var_positions(h5file, None, genes, tables)
     if (cols < 0).any() and "gene_symbol" in h5file["var"]:
         cols = np.where(cols >= 0, cols, var_positions(h5file, "gene_symbol", genes, tables))
@@ -104,7 +104,7 @@ def _stream_csr(x, layout, cols, rows_out, out, block_nnz, progress) -> None:
         _process_blocks(reader, indptr, layout.shape[1], cols, rows_out, out, progress)
 
 
-def _stream_whole(h5file, layout, genes, block_nnz, progress):
+def _stream_whole(h5file, layout, genes, tables, block_nnz, progress):
     """Stream every row of a CSR ``X`` in file order, then read the cell labels.
 
     The reader thread starts on block 0 before the gene names are looked up. (Decoding the labels
@@ -122,7 +122,7 @@ def _stream_whole(h5file, layout, genes, block_nnz, progress):
     indptr = x["indptr"][()].astype(np.int64, copy=False)
     bounds = block_bounds(indptr, block_nnz)
     with BlockReader(x, indptr, bounds, _sortedness_check(indptr)) as reader:
-        cols = _gene_columns(h5file, genes)
+        cols = _gene_columns(h5file, genes, tables)
         out = np.zeros((n_obs, len(cols)), dtype=np.float32)
         _process_blocks(reader, indptr, n_vars, _first_columns(cols), None, out, progress)
     return read_obs_labels(h5file), cols, out
@@ -243,7 +243,7 @@ def _read_csc(x, cols, rows_out, out, tables=None) -> None:
     """Fill *out* from a CSC ``X`` group (a gene index): one contiguous read per gene.
 
     The slices are read with plain ``readinto`` calls when the datasets are stored raw (see
-    :class:`~abc_helpers._h5ad.RawReader`; h5py otherwise). *out* should be column-major
+    :class:`~abc_helpers.h5ad_layout.RawReader`; h5py otherwise). *out* should be column-major
     (``out[:, j]`` contiguous): each gene is then one 1-D scatter. *tables* (the file's
     :class:`~abc_helpers.gene_index.IndexTables`, if any) keeps ``indptr`` and the datasets'
     layout between queries.
@@ -254,12 +254,10 @@ def _read_csc(x, cols, rows_out, out, tables=None) -> None:
     else:
         indptr = x["indptr"][()]
         raw = [RawReader.open(x["indices"]), RawReader.open(x["data"])]
+    slices = column_slices(indptr, cols)  # [0, 0] for an absent gene
     try:
         for j in np.argsort(cols, kind="stable"):
-            c = int(cols[j])
-            if c < 0:
-                continue
-            a, b = (int(v) for v in indptr[c:c + 2])
+            a, b = (int(v) for v in slices[j])
             if b == a:
                 continue
             if None in raw:
@@ -302,15 +300,14 @@ def _read_dense(x, layout, cols, rows_out, out, block_nnz, progress) -> None:
             progress(r1 - r0)
 
 
-def _file_rows(h5file, labels: pd.Index | None, path: str, tables=LOOK_UP):
+def _file_rows(h5file, labels: pd.Index | None, path: str, tables: IndexTables | None):
     """Match *labels* to the rows of an open h5ad file.
 
     Returns ``(rows_in, obs)``: the file row of each label (-1 if absent; None if *labels* are the
     file's cells in order, or None) and the file's labels as an Index if they had to be decoded.
-    A gene index is matched through its fixed-width keys and sorted hashes (no decoding).
+    A gene index (*tables* not None) is matched through its fixed-width keys and sorted hashes
+    (no decoding).
     """
-    if tables is LOOK_UP:
-        tables = index_tables(h5file)
     if tables is not None:
         if labels is None:
             return None, tables.index(h5file)
@@ -326,18 +323,38 @@ def _file_rows(h5file, labels: pd.Index | None, path: str, tables=LOOK_UP):
     return _row_map(obs, labels, path), obs
 
 
-def _extract_task(path: str, labels, genes: Sequence[str], block_nnz: int = DEFAULT_BLOCK_NNZ,
-                  progress: Callable[[int], None] | None = None) -> dict:
-    """Read *genes* for the cells *labels* from one h5ad file (the unit of work of an executor).
+def extract_task(path: str, labels: Sequence[str] | pd.Index | None, genes: Sequence[str],
+                 block_nnz: int = DEFAULT_BLOCK_NNZ,
+                 progress: Callable[[int], None] | None = None) -> dict:
+    """Read *genes* for the cells *labels* from one h5ad file: the unit of work of an executor.
 
-    When all the rows of a CSR file are wanted (*labels* None or as many as the file's rows), the
-    file is streamed in file order and the labels are matched at the end (their decoding hides
-    behind the I/O); otherwise the labels are matched first, so blocks with no wanted cell are
-    skipped.
+    :func:`get_gene_data` submits one per matrix to its *executor* (it is a module-level function
+    of plain arguments, so process pools and Dask can pickle it); :func:`extract_genes_from_h5ad`
+    runs it in this process. When all the rows of a CSR file are wanted (*labels* None or as many
+    as the file's rows), the file is streamed in file order and the labels are matched at the end
+    (their decoding hides behind the I/O); otherwise the labels are matched first, so blocks with
+    no wanted cell are skipped. A gene index is read one slice per gene.
 
-    Returns a dict with ``values`` (float32, cells x genes; NaN rows for cells not in the file,
-    NaN columns for genes not in it), ``missing_cells`` (count), ``missing_genes`` (names),
-    ``layout``, ``seconds`` and ``obs`` (the file's labels when *labels* is None, else None).
+    Parameters
+    ----------
+    path : str
+        An h5ad file (a matrix or its gene index).
+    labels : sequence of str, pandas.Index or None
+        The cells, in the order wanted; None: every cell, in file order.
+    genes : sequence of str
+        ``var`` index values or ``gene_symbol`` values.
+    block_nnz : int
+        Stored values per streamed block.
+    progress : callable or None
+        Called with a number of file rows as they are done.
+
+    Returns
+    -------
+    dict
+        ``values`` (float32, cells x genes; NaN rows for cells not in the file, NaN columns for
+        genes not in it), ``missing_cells`` (count), ``missing_genes`` (names), ``layout`` (the
+        encoding of ``X``), ``seconds`` and ``obs`` (the file's labels when *labels* is None, else
+        None). Missing cells and genes are reported, not raised.
     """
     import h5py
 
@@ -349,7 +366,7 @@ def _extract_task(path: str, labels, genes: Sequence[str], block_nnz: int = DEFA
         tables = index_tables(f)  # None unless a gene index
         layout = matrix_layout(f) if tables is None else tables.layout(f)
         if layout.encoding == "csr_matrix" and (want_all or len(labels) == layout.shape[0]):
-            obs, cols, out = _stream_whole(f, layout, genes, block_nnz, progress)
+            obs, cols, out = _stream_whole(f, layout, genes, tables, block_nnz, progress)
             rows_in = None if want_all else _row_map(obs, labels, path)
             if rows_in is not None:
                 found = rows_in >= 0
@@ -446,7 +463,7 @@ def extract_genes_from_h5ad(
             total = matrix_layout(f).shape[0]
         bar = tqdm(total=total, unit="row", unit_scale=True, desc=Path(path).name)
     try:
-        result = _extract_task(str(path), cell_labels, genes, block_nnz,
+        result = extract_task(str(path), cell_labels, genes, block_nnz,
                                bar.update if bar is not None else None)
     finally:
         if bar is not None:
@@ -521,7 +538,7 @@ def _cell_table(all_cells: pd.DataFrame) -> pd.DataFrame:
 
 def _matrix_available(abc_cache, directory: str, file_name: str, listing: dict) -> bool:
     if directory not in listing:
-        listing[directory] = _data_files(abc_cache, directory)
+        listing[directory] = data_files(abc_cache, directory)
     return file_name in listing[directory]
 
 
@@ -659,10 +676,10 @@ def get_gene_data(
                         done[0] -= step
 
                 before = bar.n
-                collect(job, _extract_task(str(path), labels, gene_ids, block_nnz, tick))
+                collect(job, extract_task(str(path), labels, gene_ids, block_nnz, tick))
                 bar.update(len(positions) - (bar.n - before))
             else:
-                futures[executor.submit(_extract_task, str(path), labels, gene_ids,
+                futures[executor.submit(extract_task, str(path), labels, gene_ids,
                                         block_nnz)] = job
         for future in as_completed(futures):
             job = futures[future]

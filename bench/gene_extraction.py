@@ -3,12 +3,13 @@
 Methods (each runs in a fresh subprocess, so its peak RSS is its own; page cache warmed first):
 
 * ``io_floor``        read ``X/data`` and ``X/indices`` once, in the same blocks and with the same
-                      plain ``readinto`` calls as ours (:class:`abc_helpers._h5ad.RawReader`), no
-                      processing, no thread
+                      plain ``readinto`` calls as ours (:class:`abc_helpers.h5ad_layout.RawReader`),
+                      no processing, no thread
 * ``io_floor_h5py``   the same blocks read with h5py ``read_direct`` (the issue's definition; slower
                       than the raw reads, so the ratio is taken against the faster of the two)
 * ``ours_streaming``  :func:`abc_helpers.expression.extract_genes_from_h5ad` on the CSR file
-* ``anndata_backed``  the seed tutorial: ``anndata.read_h5ad(backed="r")[cells, genes].to_df()``
+* ``anndata_backed``  abc_atlas_access's 10x tutorial (part 2a):
+                      ``anndata.read_h5ad(backed="r")[cells, genes].to_df()``
 * ``chunked_dense``   the Allen helper: ``chunked_X(8192)``, ``.toarray()``, then the gene columns
 * ``gene_index``      ours on the gene index, after ``write_gene_index`` (build, timed apart): the
                       first query of a fresh process (nothing cached) and, in the same process,
@@ -140,7 +141,7 @@ def warm(path: Path) -> None:
 def _cells_and_genes(path: Path, shuffled: bool = False):
     import h5py
 
-    from abc_helpers._h5ad import read_index
+    from abc_helpers.h5ad_layout import read_index
 
     with h5py.File(path, "r") as f:
         cells = read_index(f["obs"])
@@ -152,7 +153,7 @@ def _cells_and_genes(path: Path, shuffled: bool = False):
 def method_io_floor(path: Path, **_):
     import h5py
 
-    from abc_helpers._h5ad import DEFAULT_BLOCK_NNZ, RawReader, block_bounds
+    from abc_helpers.h5ad_layout import DEFAULT_BLOCK_NNZ, RawReader, block_bounds
 
     t0 = time.perf_counter()
     with h5py.File(path, "r") as f:
@@ -179,7 +180,7 @@ def method_io_floor(path: Path, **_):
 def method_io_floor_h5py(path: Path, **_):
     import h5py
 
-    from abc_helpers._h5ad import DEFAULT_BLOCK_NNZ, block_bounds
+    from abc_helpers.h5ad_layout import DEFAULT_BLOCK_NNZ, block_bounds
 
     t0 = time.perf_counter()
     with h5py.File(path, "r") as f:

@@ -14,9 +14,9 @@ import pytest
 import scipy.sparse as sp
 
 from abc_helpers import expression
-from abc_helpers._h5ad import RawReader, block_bounds, read_strings
 from abc_helpers.expression import MissingCellsWarning, extract_genes_from_h5ad
 from abc_helpers.gene_index import gene_index_path, read_gene_index_info, write_gene_index
+from abc_helpers.h5ad_layout import RawReader, block_bounds, read_strings
 
 N_CELLS, N_GENES = 1_500, 300
 
@@ -302,14 +302,14 @@ def test_dense_x_is_read_too(tmp_path):
 
 def test_executors_give_the_same_answer(h5ad_file):
     """Thread and process pools run the per-matrix task and give identical values"""
-    from abc_helpers.expression import _extract_task
+    from abc_helpers.expression import extract_task
 
     path, dense = h5ad_file
     genes = ["ENSMUSG00000000010", "ENSMUSG00000000001"]
-    serial = _extract_task(str(path), None, genes, 100)["values"]
+    serial = extract_task(str(path), None, genes, 100)["values"]
     for pool in (ThreadPoolExecutor(2), ProcessPoolExecutor(1)):
         with pool:
-            got = pool.submit(_extract_task, str(path), None, genes, 100).result()["values"]
+            got = pool.submit(extract_task, str(path), None, genes, 100).result()["values"]
         np.testing.assert_array_equal(got, serial)
     np.testing.assert_array_equal(serial, dense[["Gene10", "Gene1"]].to_numpy())
     with warnings.catch_warnings():

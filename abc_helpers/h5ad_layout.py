@@ -1,7 +1,8 @@
 """Low-level h5py reading of AnnData (h5ad) files: string columns, indexes, sparse matrix layout.
 
-Private helpers shared by :mod:`abc_helpers.expression` and :mod:`abc_helpers.gene_index`; they
-read only what is asked for, never the whole matrix.
+Shared by :mod:`abc_helpers.expression` and :mod:`abc_helpers.gene_index`, for reads that
+anndata's backed mode makes slow: they read only what is asked for, never the whole matrix, and
+:class:`RawReader` reads uncompressed ranges with plain ``readinto`` calls (no GIL held).
 """
 
 from __future__ import annotations
