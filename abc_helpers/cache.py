@@ -144,11 +144,11 @@ class AbcProjectCache:
                                         f"cache '{self._cache_dir}'.")
             return downloaded
         if self._remote_manifests is None:
-            keys = [o["key"] for o in list_objects(self._source.bucket_url(ABC_BUCKET), MANIFEST_PREFIX)]
+            keys = [o["key"] for o in list_objects(self._src.bucket_url(ABC_BUCKET), MANIFEST_PREFIX)]
             self._remote_manifests = sorted(k for k in keys if _MANIFEST_RE.match(k))
             if not self._remote_manifests:
                 raise FileNotFoundError(f"No release manifests under '{MANIFEST_PREFIX}' at "
-                                        f"{self._source.bucket_url(ABC_BUCKET)}: is the data source right?")
+                                        f"{self._src.bucket_url(ABC_BUCKET)}: is the data source right?")
         return list(self._remote_manifests)
 
     @property
@@ -177,7 +177,17 @@ class AbcProjectCache:
     @property
     def manifest(self) -> Manifest:
         """The loaded :class:`~abc_helpers.manifest.Manifest`."""
+        if self._manifest is None:
+            raise RuntimeError("No release is loaded: call load_manifest() or load_latest_manifest().")
         return self._manifest
+
+    @property
+    def _src(self) -> Source:
+        """The source, for a downloading cache (a local one never reaches it)."""
+        if self._source is None:
+            raise RuntimeError(f"'{self._cache_dir}' is a local (read-only) cache: nothing is downloaded. "
+                               "Use AbcProjectCache.from_s3_cache to download.")
+        return self._source
 
     def check_manifest_name(self, name: str) -> str:
         """Return the full manifest name of release *name* (``'20231215'`` is accepted).
@@ -205,7 +215,7 @@ class AbcProjectCache:
         if not path.exists():
             if self.local:
                 raise FileNotFoundError(f"{name} is not in the local cache '{self._cache_dir}'.")
-            download(self._source.object_url(ABC_BUCKET, name), path, progressbar=False)
+            download(self._src.object_url(ABC_BUCKET, name), path, progressbar=False)
         return Manifest.from_file(path, name=name)
 
     def load_manifest(self, manifest_name: str | None = None) -> None:
@@ -285,37 +295,37 @@ class AbcProjectCache:
     @property
     def list_directories(self) -> list[str]:
         """The directories of the loaded release."""
-        return self._manifest.list_directories
+        return self.manifest.list_directories
 
     def list_metadata_files(self, directory: str) -> list[str]:
         """Metadata (CSV) file names of *directory*."""
-        return self._manifest.list_files(directory, ("metadata",))
+        return self.manifest.list_files(directory, ("metadata",))
 
     def list_data_files(self, directory: str) -> list[str]:
         """Data file names of *directory* (h5ad pairs as ``'<name>/log2'``, ``'<name>/raw'``)."""
-        return self._manifest.list_files(directory, DATA_KINDS)
+        return self.manifest.list_files(directory, DATA_KINDS)
 
     def list_expression_matrix_files(self, directory: str) -> list[str]:
         """Expression matrix (h5ad) names of *directory*."""
-        return self._manifest.list_files(directory, ("expression_matrices",))
+        return self.manifest.list_files(directory, ("expression_matrices",))
 
     def list_image_volume_files(self, directory: str) -> list[str]:
         """Image volume (nii.gz) names of *directory*."""
-        return self._manifest.list_files(directory, ("image_volumes",))
+        return self.manifest.list_files(directory, ("image_volumes",))
 
     def get_directory_data_size(self, directory: str) -> str:
         """Total size of the data files of *directory*, e.g. ``'104.16 GB'``."""
         self.list_data_files(directory)  # raises if there are none
-        return format_size(self._manifest.directory_size(directory, DATA_KINDS))
+        return format_size(self.manifest.directory_size(directory, DATA_KINDS))
 
     def get_directory_metadata_size(self, directory: str) -> str:
         """Total size of the metadata files of *directory*, e.g. ``'4.65 MB'``."""
         self.list_metadata_files(directory)
-        return format_size(self._manifest.directory_size(directory, ("metadata",)))
+        return format_size(self.manifest.directory_size(directory, ("metadata",)))
 
     def get_file_attributes(self, directory: str, file_name: str) -> FileAttributes:
         """The manifest entry of one file (size, md5, version, relative path)."""
-        return self._manifest.get_file_attributes(directory, file_name)
+        return self.manifest.get_file_attributes(directory, file_name)
 
     # -- the download record -----------------------------------------------------------------------
     def _record(self, files: list[FileAttributes], skip_hash_check: bool) -> None:
@@ -370,7 +380,7 @@ class AbcProjectCache:
 
         def job(a: FileAttributes) -> DownloadJob:
             path = self._folder.path(a.relative_path)
-            return DownloadJob(self._source.object_url(ABC_BUCKET, a.relative_path), path,
+            return DownloadJob(self._src.object_url(ABC_BUCKET, a.relative_path), path,
                                None if skip_hash_check else a.known_hash, a.size,
                                force=force_download or path in stale)
 
@@ -414,19 +424,19 @@ class AbcProjectCache:
         DownloadError
             If the file could not be fetched.
         """
-        attrs = self._manifest.get_file_attributes(directory, file_name)
+        attrs = self.manifest.get_file_attributes(directory, file_name)
         return self._fetch([attrs], force_download, skip_hash_check)[0]
 
     def get_data_path(self, directory: str, file_name: str, force_download: bool = False,
                       skip_hash_check: bool = False) -> Path:
         """The local path of a data file (h5ad, nii.gz), downloading it if needed."""
-        attrs = self._manifest.get_file_attributes(directory, file_name, DATA_KINDS)
+        attrs = self.manifest.get_file_attributes(directory, file_name, DATA_KINDS)
         return self._fetch([attrs], force_download, skip_hash_check)[0]
 
     def get_metadata_path(self, directory: str, file_name: str, force_download: bool = False,
                           skip_hash_check: bool = False) -> Path:
         """The local path of a metadata CSV, downloading it if needed."""
-        attrs = self._manifest.get_file_attributes(directory, file_name, ("metadata",))
+        attrs = self.manifest.get_file_attributes(directory, file_name, ("metadata",))
         return self._fetch([attrs], force_download, skip_hash_check)[0]
 
     def get_metadata_dataframe(self, directory: str, file_name: str, force_download: bool = False,
@@ -437,10 +447,10 @@ class AbcProjectCache:
 
     def _get_directory(self, directory: str, kinds: tuple[str, ...], force_download: bool,
                        skip_hash_check: bool) -> list[Path]:
-        files = self._manifest.files(directory, kinds)
+        files = self.manifest.files(directory, kinds)
         what = "metadata" if kinds == ("metadata",) else "data"
         if not files:
-            self._manifest.list_files(directory, kinds)  # raises DataTypeNotInDirectory
+            self.manifest.list_files(directory, kinds)  # raises DataTypeNotInDirectory
         total = sum(a.size for a in files)
         if total > self.large_directory_bytes and not self.local:
             warnings.warn(f"{directory} {what} is {format_size(total)}. Continue only if you are sure "

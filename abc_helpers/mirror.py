@@ -96,7 +96,7 @@ class MirrorReport:
         return "\n".join(lines)
 
 
-def _names(values: str | Sequence[str] | None) -> list[str] | None:
+def _names(values: str | Sequence[str | int] | None) -> list[str] | None:
     """Normalise a CLI/user list: None or ``"all"`` -> None (everything); else a list of str."""
     if values is None:
         return None
@@ -153,11 +153,12 @@ def fill_abc(
         raise ValueError(f"Unknown expression matrix types {sorted(set(data_types) - {'log2', 'raw'})}: "
                          "use 'log2' and/or 'raw'.")
     cache = AbcProjectCache(Path(mirror_dir) / ABC_BUCKET, source=source)
-    if _names(releases) is None:
+    asked = _names(releases)
+    if asked is None:
         names = cache.list_manifest_file_names
     else:
         names = sorted({cache.latest_manifest_file if r == "latest" else cache.check_manifest_name(r)
-                        for r in _names(releases)})
+                        for r in asked})
     wanted = {"metadata": _names(metadata) if metadata else [], "data": _names(data) if data else []}
     seen = {d for name in names for d in cache.get_manifest(name).list_directories}
     for kind, dirs in wanted.items():  # check the names before downloading anything
@@ -245,15 +246,15 @@ def fill_vbn(
                                 "is the data source right?")
     if manifests in ("latest", ["latest"]):
         chosen = available[-1:]
-    elif _names(manifests) is None:
+    elif (asked := _names(manifests)) is None:
         chosen = available
     else:
         by_version = {n.rsplit("_v", 1)[-1].removesuffix(".json"): n for n in available}
-        unknown = [m for m in _names(manifests) if m not in by_version and m not in available]
+        unknown = [m for m in asked if m not in by_version and m not in available]
         if unknown:
             raise ValueError(f"VBN manifest versions {unknown} are not offered by {src}: use some of "
                              f"{sorted(by_version, key=lambda v: _manifest_version('_v' + v))}.")
-        chosen = sorted({by_version.get(m, m) for m in _names(manifests)}, key=_manifest_version)
+        chosen = sorted({by_version.get(m, m) for m in asked}, key=_manifest_version)
     wanted_sessions = _names(sessions) if sessions else []
     paths: list[Path] = []
     jobs: dict[Path, DownloadJob] = {}
@@ -365,7 +366,7 @@ def fill_allen_api(
 def fill_mirror(
     mirror_dir: str | os.PathLike,
     source: str | Source | None = "aws",
-    abc_releases: str | Sequence[str] = "latest",
+    abc_releases: str | Sequence[str] | None = "latest",
     abc_metadata: str | Sequence[str] | None = "all",
     abc_data: str | Sequence[str] | None = (),
     abc_data_types: Sequence[str] | None = None,

@@ -159,7 +159,8 @@ def _version_of(name: str) -> tuple[int, int, int]:
     if not match:
         raise ValueError(f"'{name}' is not a VBN manifest name (expected "
                          f"'{PROJECT_NAME}_project_manifest_v<x.y.z>.json').")
-    return tuple(int(g) for g in match.groups())
+    major, minor, patch = (int(g) for g in match.groups())
+    return major, minor, patch
 
 
 def _latest(names: list[str]) -> str | None:
@@ -266,7 +267,7 @@ class VbnProjectCache:
         """Return the names of every manifest available (from the source; offline: downloaded)."""
         if self.local:
             return self.list_all_downloaded_manifests()
-        objects = list_objects(self._source.bucket_url(VBN_BUCKET), MANIFEST_PREFIX)
+        objects = list_objects(self._src.bucket_url(VBN_BUCKET), MANIFEST_PREFIX)
         names = [Path(o["key"]).name for o in objects]
         self._remote = sorted(n for n in names if _MANIFEST_RE.match(n))
         return list(self._remote)
@@ -278,7 +279,7 @@ class VbnProjectCache:
         """Return the name of the newest manifest available (by version number)."""
         latest = _latest(self._available())
         if latest is None:
-            where = f"'{self._cache_dir}'" if self.local else f"{self._source.bucket_url(VBN_BUCKET)}{MANIFEST_PREFIX}"
+            where = f"'{self._cache_dir}'" if self.local else f"{self._src.bucket_url(VBN_BUCKET)}{MANIFEST_PREFIX}"
             raise FileNotFoundError(f"No VBN manifest found in {where}. Check the data source (or, "
                                     "offline, that the cache folder was filled by from_s3_cache).")
         return latest
@@ -294,7 +295,17 @@ class VbnProjectCache:
     @property
     def manifest(self) -> dict:
         """The manifest in use, as parsed JSON (``metadata_files``, ``data_files``, ...)."""
+        if self._manifest is None:
+            raise RuntimeError("No manifest is loaded: call load_manifest() or load_latest_manifest().")
         return self._manifest
+
+    @property
+    def _src(self) -> Source:
+        """The source, for a downloading cache (a local one never reaches it)."""
+        if self._source is None:
+            raise RuntimeError(f"'{self._cache_dir}' is a local (offline) cache: nothing is downloaded. "
+                               f"Use {_UI}.from_s3_cache to download.")
+        return self._source
 
     def current_manifest(self) -> str | None:
         """Return the name of the manifest in use."""
@@ -314,7 +325,7 @@ class VbnProjectCache:
         if not path.exists():
             if self.local:
                 raise FileNotFoundError(f"Manifest '{name}' is not in the local cache '{self._cache_dir}'.")
-            download(self._source.object_url(VBN_BUCKET, MANIFEST_PREFIX + name), path, progressbar=False)
+            download(self._src.object_url(VBN_BUCKET, MANIFEST_PREFIX + name), path, progressbar=False)
         manifest = json.loads(path.read_text())
         missing = [k for k in ("project_name", "manifest_version", "metadata_file_id_column_name",
                                "data_pipeline", "metadata_files", "data_files") if k not in manifest]
@@ -406,7 +417,7 @@ class VbnProjectCache:
         Raises ``ValueError`` if the manifest's URL would put the file outside the cache folder.
         """
         below = _relative_key(entry["url"]).split("/", 1)[-1]
-        rel = f"{self._manifest['project_name']}-{self._manifest['manifest_version']}/{below}"
+        rel = f"{self.manifest['project_name']}-{self.manifest['manifest_version']}/{below}"
         check_relative_path(rel, f"'{entry['url']}' in {self._manifest_name}")
         try:
             self._folder.path(rel)
@@ -444,17 +455,17 @@ class VbnProjectCache:
         if self.local:
             raise FileNotFoundError(f"'{rel}' is not in the local cache '{self._cache_dir}'. Use "
                                     f"{_UI}.from_s3_cache to download it.")
-        url = self._source.object_url(VBN_BUCKET, _relative_key(entry["url"]), version_id=entry["version_id"])
+        url = self._src.object_url(VBN_BUCKET, _relative_key(entry["url"]), version_id=entry["version_id"])
         download(url, path, known_hash=known, progressbar=self.progressbar, desc=path.name)
         self._folder.record({rel: known})
         return path
 
     def _metadata_entry(self, name: str) -> dict:
         try:
-            return self._manifest["metadata_files"][name]
+            return self.manifest["metadata_files"][name]
         except KeyError:
             raise KeyError(f"Manifest '{self._manifest_name}' has no metadata file '{name}': it lists "
-                           f"{sorted(self._manifest['metadata_files'])}.") from None
+                           f"{sorted(self.manifest['metadata_files'])}.") from None
 
     def get_metadata_path(self, metadata_table_name: str) -> Path:
         """Download (once) a metadata CSV of the current manifest and return its local path."""
@@ -529,11 +540,11 @@ class VbnProjectCache:
             raise KeyError(f"No ecephys session {sid} in {self._manifest_name}. Valid ids "
                            f"({len(sessions)} in all) include {valid}; see "
                            "get_ecephys_session_table(filter_abnormalities=False).index.")
-        file_id = sessions.loc[sid, self._manifest["metadata_file_id_column_name"]]
-        entry = None if pd.isna(file_id) else self._manifest["data_files"].get(str(int(file_id)))
+        file_id = sessions.loc[sid, self.manifest["metadata_file_id_column_name"]]
+        entry = None if pd.isna(file_id) else self.manifest["data_files"].get(str(int(file_id)))
         if entry is None:
             have = sorted(int(i) for i in sessions.index
-                          if str(sessions.loc[i, "file_id"]) in self._manifest["data_files"])
+                          if str(sessions.loc[i, "file_id"]) in self.manifest["data_files"])
             raise FileNotFoundError(f"Ecephys session {sid} (file_id {file_id}) has no NWB file in "
                                     f"{self._manifest_name}. Sessions with a file: {have}.")
         return self._fetch(entry)
@@ -560,8 +571,9 @@ class VbnProjectCache:
 
     def generate_all_download_urls_from_manifest(self, manifest_path: str | os.PathLike | None = None) -> list[str]:
         """Versioned URLs of every file a manifest lists (default: the current manifest)."""
-        path = manifest_path if manifest_path is not None else self._cache_dir / self._manifest_name
-        return generate_all_download_urls_from_manifest(path, self._link_source())
+        if manifest_path is None:
+            manifest_path = self._cache_dir / str(self.current_manifest())
+        return generate_all_download_urls_from_manifest(manifest_path, self._link_source())
 
 
 def _read_csv_arrow(path: str | os.PathLike):

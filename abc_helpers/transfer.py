@@ -271,8 +271,8 @@ def _fetch_once(
         if not resumed and offset:
             LOGGER.info("Server ignored the Range request for %s; restarting from byte 0.", url)
             offset = 0
-        expected_body = response.headers.get("Content-Length")
-        expected_body = int(expected_body) if expected_body is not None else None
+        length = response.headers.get("Content-Length")
+        expected_body = int(length) if length is not None else None
         total = (offset + expected_body) if expected_body is not None else size
         if bar is not None:
             if bar.total != total or bar.n:
@@ -383,9 +383,12 @@ def download(
         if force:
             path.unlink(missing_ok=True)
         own_bar = progressbar is True
-        bar = (tqdm(total=size, desc=desc or path.name, unit="B", unit_scale=True, unit_divisor=1024,
-                    file=sys.stderr, leave=True, dynamic_ncols=False)
-               if own_bar else (progressbar or None))
+        bar: tqdm | None
+        if progressbar is True:
+            bar = tqdm(total=size, desc=desc or path.name, unit="B", unit_scale=True, unit_divisor=1024,
+                       file=sys.stderr, leave=True, dynamic_ncols=False)
+        else:
+            bar = progressbar or None
         try:
             _download_attempts(url, path, part, algorithm, expected, size, bar, overall, retries, verify)
         finally:
@@ -552,7 +555,7 @@ def list_objects(bucket_url: str, prefix: str = "", timeout: tuple[float, float]
         if token:
             params["continuation-token"] = token
         url = f"{bucket_url}?{urlencode(params)}"
-        response = None
+        response: requests.Response | None = None
         for retry in range(DEFAULT_RETRIES + 1):
             try:
                 response = session.get(url, timeout=timeout or _timeout())
@@ -566,9 +569,9 @@ def list_objects(bucket_url: str, prefix: str = "", timeout: tuple[float, float]
                 time.sleep(_retry_after(response) or min(0.5 * 2**retry, MAX_WAIT))
                 continue
             break
-        if response.status_code != 200:
+        if response is None or response.status_code != 200:
             raise DownloadError(f"Could not list {bucket_url} (prefix '{prefix}'): HTTP "
-                                f"{response.status_code}. Check the data source URL.")
+                                f"{getattr(response, 'status_code', None)}. Check the data source URL.")
         root = ET.fromstring(response.content)
         for item in root.iter(f"{_S3_NS}Contents"):
             out.append({
