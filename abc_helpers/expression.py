@@ -552,6 +552,19 @@ def _matrix_available(abc_cache, directory: str, file_name: str, listing: dict) 
     return file_name in listing[directory]
 
 
+_ORDERS: list[tuple[pd.Index, str]] = []
+
+
+def _order_sha256(index: pd.Index) -> str:
+    """:func:`identifiers_sha256` of a gene order, kept for the last few (immutable) Index objects."""
+    for seen, digest in _ORDERS:
+        if seen is index:
+            return digest
+    digest = identifiers_sha256(index.astype(str).to_numpy())
+    _ORDERS[:] = [(index, digest), *_ORDERS[:3]]
+    return digest
+
+
 def _gene_index_mode(gene_index: str, use_gene_index: bool | None) -> str:
     if use_gene_index is not None:  # the earlier switch: True is the default, False reads matrices
         return gene_index if use_gene_index else "off"
@@ -712,7 +725,7 @@ def get_gene_data(
         ordered = all_genes.index if "gene_identifier" not in all_genes.columns \
             else pd.Index(all_genes["gene_identifier"])
         if ordered.is_unique:
-            order_sha256 = identifiers_sha256(ordered.astype(str).to_numpy())
+            order_sha256 = _order_sha256(ordered)
             gene_positions = ordered.get_indexer(gene_ids)
 
     started = time.perf_counter()

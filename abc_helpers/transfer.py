@@ -53,6 +53,29 @@ ALGORITHMS = ("md5", "blake2b", "sha256", "sha1")
 
 _session_lock = threading.Lock()
 _session: requests.Session | None = None
+_received_lock = threading.Lock()
+_received = {"download": 0, "range": 0}
+
+
+def received_bytes() -> dict[str, int]:
+    """Bytes of object data this process has received so far, by kind of request.
+
+    ``"download"``: whole files (:func:`download`, :func:`download_many`); ``"range"``: byte
+    ranges (:func:`read_range`, e.g. a served gene index). Take the difference of two calls to
+    see what one step cost.
+
+    Examples
+    --------
+    >>> sorted(received_bytes())
+    ['download', 'range']
+    """
+    with _received_lock:
+        return dict(_received)
+
+
+def _count_received(kind: str, n: int) -> None:
+    with _received_lock:
+        _received[kind] += n
 
 
 class DownloadError(RuntimeError):
@@ -303,6 +326,7 @@ def _fetch_once(
                     if hasher is not None:
                         hasher.update(chunk)
                     received += len(chunk)
+                    _count_received("download", len(chunk))
                     if bar is not None:
                         bar.update(len(chunk))
                     if overall is not None:
@@ -554,6 +578,7 @@ def _range_once(url: str, start: int, stop: int, into: bytearray) -> None:
             if not chunk:
                 raise _Retryable(f"short body: got {len(into)} of {stop - start} bytes")
             into += chunk
+            _count_received("range", len(chunk))
 
 
 def read_range(url: str, start: int, stop: int, *, retries: int = DEFAULT_RETRIES) -> bytes:

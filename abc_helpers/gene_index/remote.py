@@ -4,12 +4,11 @@ The server side is :mod:`abc_helpers.gene_index.catalog` (the catalog and the si
 query of one matrix reads, through :mod:`abc_helpers.transfer` (retries, time-outs, resume):
 
 1. the release's catalog, once per process (a few kB);
-2. the cell labels, once: a sidecar file downloaded into the local cache folder, verified with its
-   md5 from the catalog, and used again while the catalog gives the same md5;
-3. the gene-table records of the selected genes (16 bytes each, adjacent ones in one request);
-4. each gene's slice of ``X/indices`` and ``X/data`` (adjacent slices in one request, requests in
-   parallel), each checked against its CRC-32 from the gene table, and fetched again if it does
-   not match.
+2. once per matrix, the cell labels and the gene table (the index pointer with a CRC-32 per gene,
+   16 bytes a gene): sidecar files downloaded into the local cache folder, verified with their md5
+   from the catalog, and used again while the catalog gives the same md5s;
+3. each selected gene's slice of ``X/indices`` and ``X/data`` (adjacent slices in one request,
+   requests in parallel), each checked against its CRC-32, and fetched again if it does not match.
 
 No matrix and no HDF5 metadata is downloaded. :func:`remote_extract_task` is the unit of work
 :func:`~abc_helpers.get_gene_data` submits per matrix (plain, picklable arguments).
@@ -39,21 +38,19 @@ from .catalog import CATALOG_FORMAT, GENE_TABLE_DTYPE, catalog_key
 
 LOGGER = logging.getLogger("abc_helpers")
 
-__all__ = ["MAX_GAP", "MAX_TABLE_GAP", "ServedIndex", "forget_served_indexes", "load_catalog", "read_served_genes", "remote_extract_task",
+__all__ = ["MAX_GAP", "ServedIndex", "forget_served_indexes", "load_catalog", "read_served_genes", "remote_extract_task",
            "served_indexes"]
 
 #: Two byte ranges of the values closer than this are read with one request (the gap is dropped).
 MAX_GAP = 4096
-#: The same for gene-table records (16 bytes each).
-MAX_TABLE_GAP = 256
 #: Parallel range requests per matrix.
 MAX_REQUESTS = 8
 #: Times a slice whose CRC does not match is fetched again before giving up.
 CHECKSUM_RETRIES = 3
-#: Parsed cell labels kept in memory, by md5 (most recently used).
-_LABELS: OrderedDict[str, pd.Index] = OrderedDict()
-_LABELS_KEEP = 8
-_LABELS_LOCK = threading.Lock()
+#: Parsed cell labels and gene tables kept in memory, by md5 (most recently used).
+_PARSED: OrderedDict[str, Any] = OrderedDict()
+_PARSED_KEEP = 16
+_PARSED_LOCK = threading.Lock()
 _CATALOGS: dict[tuple[str, str], dict | None] = {}
 _CATALOGS_LOCK = threading.Lock()
 
@@ -91,8 +88,8 @@ def forget_served_indexes() -> None:
     were rebuilt); the next query reads the catalog again and checks the labels' md5."""
     with _CATALOGS_LOCK:
         _CATALOGS.clear()
-    with _LABELS_LOCK:
-        _LABELS.clear()
+    with _PARSED_LOCK:
+        _PARSED.clear()
 
 
 def _source_text(source: Source) -> str:
@@ -202,23 +199,33 @@ def _sidecar(index: ServedIndex, kind: str) -> Path:
     return path
 
 
-def _labels(index: ServedIndex) -> pd.Index:
-    md5 = index.entry["labels"]["md5"]
-    with _LABELS_LOCK:
-        if md5 in _LABELS:
-            _LABELS.move_to_end(md5)
-            return _LABELS[md5]
-    text = _sidecar(index, "labels").read_bytes().decode("utf-8")
-    labels = pd.Index(text.split("\n") if text else [], dtype=object)
-    if len(labels) != index.entry["labels"]["count"]:
-        msg = (f"The labels of the served index {index.name} hold {len(labels)} cells, the catalog "
-               f"says {index.entry['labels']['count']}: the server's files are inconsistent.")
+def _parsed(index: ServedIndex, kind: str) -> Any:
+    """A sidecar of *index*, downloaded once and parsed once per process (kept by md5)."""
+    md5 = index.entry[kind]["md5"]
+    with _PARSED_LOCK:
+        if md5 in _PARSED:
+            _PARSED.move_to_end(md5)
+            return _PARSED[md5]
+    data = _sidecar(index, kind).read_bytes()
+    if kind == "labels":
+        text = data.decode("utf-8")
+        value: Any = pd.Index(text.split("\n") if text else [], dtype=object)
+        count, expected = len(value), index.entry["labels"]["count"]
+    else:
+        value = np.frombuffer(data, dtype=GENE_TABLE_DTYPE)
+        count, expected = len(value), index.entry["shape"][1] + 1
+        if count == expected and int(value["start"][-1]) != index.entry["nnz"]:
+            count = -1
+    if count != expected:
+        msg = (f"The {kind} file of the served index {index.name} does not fit its catalog entry "
+               f"({count} records, {expected} expected): the server's files are inconsistent. "
+               "Rebuild them (fill-mirror --gene-index).")
         raise ValueError(msg)
-    with _LABELS_LOCK:
-        _LABELS[md5] = labels
-        while len(_LABELS) > _LABELS_KEEP:
-            _LABELS.popitem(last=False)
-    return labels
+    with _PARSED_LOCK:
+        _PARSED[md5] = value
+        while len(_PARSED) > _PARSED_KEEP:
+            _PARSED.popitem(last=False)
+    return value
 
 
 def _columns(index: ServedIndex, gene_ids: Sequence[str], order_sha256: str | None,
@@ -296,57 +303,39 @@ def read_served_genes(index: ServedIndex, columns: np.ndarray) -> tuple[list[np.
         :data:`CHECKSUM_RETRIES` fetches (the message names the matrix, the URL and the gene).
     """
     entry = index.entry
-    record = GENE_TABLE_DTYPE.itemsize
-    url_table, url_index = index.url("gene_table"), index.url("index")
+    table = _parsed(index, "gene_table")
+    url = index.url("index")
     dtypes = {name: np.dtype(entry[name]["dtype"]) for name in ("indices", "data")}
+
+    def span(j: int, name: str) -> tuple[int, int]:
+        c, size = int(columns[j]), dtypes[name].itemsize
+        return (entry[name]["offset"] + int(table["start"][c]) * size,
+                entry[name]["offset"] + int(table["start"][c + 1]) * size)
+
     rows: list[np.ndarray] = [np.empty(0, dtypes["indices"])] * len(columns)
     values: list[np.ndarray] = [np.empty(0, dtypes["data"])] * len(columns)
     todo = list(range(len(columns)))
     with ThreadPoolExecutor(MAX_REQUESTS) as pool:
         for attempt in range(CHECKSUM_RETRIES + 1):
-            table_reader = _RangeReader(url_table, pool, MAX_TABLE_GAP)
-            table_reader.fetch([(int(columns[j]) * record, (int(columns[j]) + 2) * record) for j in todo])
-            spans = {}
-            for j in todo:
-                c = int(columns[j])
-                pair = np.frombuffer(table_reader.piece(c * record, (c + 2) * record), GENE_TABLE_DTYPE)
-                spans[j] = (int(pair["start"][0]), int(pair["start"][1]),
-                            int(pair["crc_indices"][0]), int(pair["crc_data"][0]))
-            wanted = []
-            for j in todo:
-                start, stop = spans[j][:2]
-                if not 0 <= start <= stop <= entry["nnz"]:
-                    continue  # a damaged record: its checksums cannot match, fetched again below
-                for name in ("indices", "data"):
-                    size = dtypes[name].itemsize
-                    wanted.append((entry[name]["offset"] + start * size, entry[name]["offset"] + stop * size))
-            data_reader = _RangeReader(url_index, pool)
-            data_reader.fetch(wanted)
+            reader = _RangeReader(url, pool)
+            reader.fetch([span(j, name) for j in todo for name in ("indices", "data")])
             failed = []
             for j in todo:
-                start, stop, crc_i, crc_d = spans[j]
-                if not 0 <= start <= stop <= entry["nnz"]:
+                c = int(columns[j])
+                pieces = {name: reader.piece(*span(j, name)) for name in ("indices", "data")}
+                if (zlib.crc32(pieces["indices"]) != int(table["crc_indices"][c])
+                        or zlib.crc32(pieces["data"]) != int(table["crc_data"][c])):
                     failed.append(j)
                     continue
-                got = {}
-                for name, crc in (("indices", crc_i), ("data", crc_d)):
-                    size = dtypes[name].itemsize
-                    piece = data_reader.piece(entry[name]["offset"] + start * size,
-                                              entry[name]["offset"] + stop * size)
-                    if zlib.crc32(piece) != crc:
-                        break
-                    got[name] = np.frombuffer(piece, dtype=dtypes[name])
-                else:
-                    rows[j], values[j] = got["indices"], got["data"]
-                    continue
-                failed.append(j)
+                rows[j] = np.frombuffer(pieces["indices"], dtype=dtypes["indices"])
+                values[j] = np.frombuffer(pieces["data"], dtype=dtypes["data"])
             if not failed:
                 return rows, values
             todo = failed
             if attempt < CHECKSUM_RETRIES:
                 LOGGER.warning("%s: %d gene slice(s) of %s failed their CRC-32 check; fetching them again.",
-                               index.name, len(failed), url_index)
-    msg = (f"Could not read {index.name} from the served gene index {url_index}: the slices of "
+                               index.name, len(failed), url)
+    msg = (f"Could not read {index.name} from the served gene index {url}: the slices of "
            f"column(s) {[int(columns[j]) for j in todo][:5]} failed their CRC-32 check "
            f"{CHECKSUM_RETRIES + 1} times (a damaged file or a faulty connection). Check the "
            "server's files, or pass gene_index='off' to read the matrices instead.")
@@ -383,7 +372,8 @@ def remote_extract_task(index: ServedIndex, labels: Sequence[str] | pd.Index | N
     if index.source not in ("aws", "sample"):
         get_source(index.source)  # allow plain HTTP to a mirror named by the caller, in this process
     gene_ids = list(gene_ids)
-    obs = _labels(index)
+    with ThreadPoolExecutor(2) as pool:  # the labels and the gene table, at once (cached after)
+        obs, _ = pool.map(lambda kind: _parsed(index, kind), ("labels", "gene_table"))
     n_obs = len(obs)
     if labels is None:
         rows_out = None
