@@ -19,6 +19,7 @@ from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from abc_helpers.cachefolder import temporary_path
 from abc_helpers.sample.server import SampleServer
 from abc_helpers.sample.world import WorldWriter
 
@@ -384,7 +385,8 @@ def test_mirror_mode(tmp_path):
     }
     bookkeeping = [
         f"{ABC}/_downloaded_data.json", f"{ABC}/_manifest_last_used.txt",
-        f"{ABC}/metadata/big.h5ad.part", f"{ABC}/metadata/big.h5ad.lock", f"{ABC}/x.tmp",
+        f"{ABC}/metadata/big.h5ad.part", f"{ABC}/metadata/big.h5ad.lock",
+        f"{ABC}/metadata/{temporary_path('big.h5ad').name}",
         f"{ABC}/.abc_helpers/state.json", ".abc_helpers/state.json", "Not_A_Bucket/file.txt",
     ]
     for rel, data in files.items():

@@ -1,0 +1,5 @@
+"""The sample server: a loopback HTTP server speaking the S3 REST subset and the Allen API routes."""
+
+from .transport import SampleServer
+
+__all__ = ["SampleServer"]
