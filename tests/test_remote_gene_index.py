@@ -326,3 +326,28 @@ def test_persistent_fault_is_a_clear_error(server, streamed, tmp_path, monkeypat
     import re
 
     assert re.search(cause, message), message
+
+
+def test_mirror_etags_come_from_the_record(mirror, tmp_path):
+    """The mirror answers with the md5 its fill recorded, without reading big files again; a file
+    changed since (another size) is hashed."""
+    import requests
+
+    from abc_helpers.cachefolder import CacheFolder
+
+    bucket = mirror / "allen-brain-cell-atlas"
+    record = CacheFolder(bucket).read_record()
+    key = next(k for k in record if k.endswith(".gene_index.h5ad"))
+    with SampleServer(mirror=mirror) as srv:
+        head = requests.head(f"{srv.url}/allen-brain-cell-atlas/{key}", timeout=10)
+        assert head.headers["ETag"] == f'"{record[key].hash[4:]}"'
+    copy = tmp_path / "m"
+    import shutil
+
+    shutil.copytree(mirror, copy)
+    (copy / "allen-brain-cell-atlas" / key).write_bytes(b"changed")
+    with SampleServer(mirror=copy) as srv:
+        head = requests.head(f"{srv.url}/allen-brain-cell-atlas/{key}", timeout=10)
+        import hashlib
+
+        assert head.headers["ETag"] == f'"{hashlib.md5(b"changed").hexdigest()}"'
