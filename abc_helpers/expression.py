@@ -18,7 +18,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future, as_completed
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +58,8 @@ __all__ = ["MissingCellsWarning", "build_gene_index", "extract_genes_from_h5ad",
 DATA_TYPES = ("log2", "raw")
 #: Where :func:`get_gene_data` may read a matrix's genes from (see its *gene_index*).
 GENE_INDEX_MODES = ("auto", "remote", "local", "off")
+#: Matrices read at once from served gene indexes when no executor is given (network-bound).
+REMOTE_MATRICES_AT_ONCE = 4
 
 
 #: Binary-search the rows of a block when rows x genes x SEARCH_COST < values in the block,
@@ -734,6 +736,7 @@ def get_gene_data(
     missing_in_matrix: dict[str, int] = {}
     missing_genes: dict[str, list[str]] = {}
     futures: dict[Future, tuple] = {}
+    remote_pool: ThreadPoolExecutor | None = None
 
     def collect(job: tuple, out: dict) -> None:
         directory, file_name, positions = job
@@ -755,11 +758,9 @@ def get_gene_data(
             remote = served.get(name) if name not in local else None
             if isinstance(remote, ServedIndex):
                 args: tuple = (remote, labels, gene_ids, order_sha256, gene_positions)
-                if executor is None:
-                    collect(job, remote_extract_task(*args))
-                    bar.update(len(positions))
-                else:
-                    futures[executor.submit(remote_extract_task, *args)] = job
+                if executor is None and remote_pool is None:  # network-bound: a few at once
+                    remote_pool = ThreadPoolExecutor(REMOTE_MATRICES_AT_ONCE)
+                futures[(executor or remote_pool).submit(remote_extract_task, *args)] = job
                 continue
             path = local.get(name) or abc_cache.get_data_path(directory, file_name)
             if executor is None:
@@ -787,6 +788,8 @@ def get_gene_data(
     finally:
         for future in futures:
             future.cancel()
+        if remote_pool is not None:
+            remote_pool.shutdown()
         bar.close()
 
     if missing_in_matrix:

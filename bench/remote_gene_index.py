@@ -26,6 +26,7 @@ Usage::
 
     python bench/remote_gene_index.py            # 200,000 cells (the matrix is generated once)
     python bench/remote_gene_index.py --quick    # 50,000 cells
+    python bench/remote_gene_index.py --save     # and write bench/results/remote_gene_index.json
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _measure import save_result
 from gene_extraction import GENES, N_GENES, NNZ_PER_CELL, data_dir, generate
 
 RELEASE = "20991231"
@@ -163,6 +165,8 @@ def _sent(server) -> dict[str, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="50,000 cells instead of 200,000")
+    parser.add_argument("--save", action="store_true",
+                        help="also write bench/results/remote_gene_index[-quick].json (quoted by the book)")
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
@@ -255,7 +259,7 @@ def main() -> None:
         outs = [p.communicate() for p in procs]
         total = time.perf_counter() - started
         if any(p.returncode for p in procs):
-            raise RuntimeError("a room client failed:\n" + next(e for (o, e), p in zip(outs, procs) if p.returncode)[-2000:])
+            raise RuntimeError("a room client failed:\n" + next(e for (_o, e), p in zip(outs, procs, strict=True) if p.returncode)[-2000:])
         seconds = sorted(json.loads(o.strip().splitlines()[-1])["seconds"] for o, _ in outs)
         exact = all(np.array_equal(np.load(tmp / f"room{i}.npy"),
                                    extract_genes_from_h5ad(index, genes).to_numpy())
@@ -280,6 +284,8 @@ def main() -> None:
         summary["bytes_ratio_vs_needed"] <= 1.25 and summary["speedup_vs_download_then_stream"] >= 10
         and summary["speedup_vs_download_then_stream_20ms"] >= 20
         and summary["seconds_repeat_query_20ms"] <= 0.25 and exact and total <= 15)
+    if args.save:
+        print(f"saved to {save_result('remote_gene_index', summary, args.quick)}", file=sys.stderr)
     print(json.dumps(summary))
 
 
