@@ -580,7 +580,7 @@ def get_gene_data(
         ``ThreadPoolExecutor`` or a Dask ``Client.get_executor()``); the workers must see the cache
         folder. None reads them one after the other in this process.
     progressbar : bool
-        Show a progress bar over the cells (downloads show their own).
+        Show a progress bar over the cells, and one per matrix download.
     use_gene_index : bool
         Read from a valid gene index when one exists (the default).
     block_nnz : int
@@ -661,7 +661,7 @@ def get_gene_data(
             directory, file_name, positions = job
             path = find_gene_index(abc_cache, directory, file_name) if use_gene_index else None
             if path is None:
-                path = abc_cache.get_data_path(directory, file_name)
+                path = abc_cache.get_data_path(directory, file_name, progressbar=progressbar)
             labels = cells.index.values[positions]
             if executor is None:
                 n_rows = _n_rows(path)
