@@ -68,6 +68,9 @@ class AbcProjectCache:
         Directory downloads larger than this warn with :class:`LargeDataSizeWarning`.
     max_workers : int
         Parallel transfers for directory downloads.
+    progressbar : bool
+        Show tqdm progress bars while downloading (one per file, or one per directory); the
+        ``progressbar`` argument of the ``get_*_path`` methods overrides it for one call.
     """
 
     def __init__(
@@ -77,12 +80,14 @@ class AbcProjectCache:
         local: bool = False,
         large_directory_bytes: int = 10 * 1024**3,
         max_workers: int = 8,
+        progressbar: bool = True,
     ) -> None:
         self._folder = CacheFolder(cache_dir, read_only=local)
         self._cache_dir = self._folder.root
         self.local = local
         self.large_directory_bytes = large_directory_bytes
         self.max_workers = max_workers
+        self.progressbar = progressbar
         self._source = None if local else get_source(source)
         self._folder.ensure_exists()
         self._remote_manifests: list[str] | None = None
@@ -352,7 +357,8 @@ class AbcProjectCache:
         return False
 
     def _fetch(self, files: list[FileAttributes], force_download: bool, skip_hash_check: bool,
-               desc: str | None = None) -> list[Path]:
+               desc: str | None = None, progressbar: bool | None = None) -> list[Path]:
+        show = self.progressbar if progressbar is None else progressbar
         paths = [self._folder.path(a.relative_path) for a in files]
         if self.local:
             missing = [str(p) for p in paths if not p.is_file()]
@@ -389,16 +395,17 @@ class AbcProjectCache:
             a = todo[0]
             j = job(a)
             download(j.url, j.path, known_hash=j.known_hash, size=j.size, force=j.force,
-                     desc=a.file_name)
+                     desc=a.file_name, progressbar=show)
             self._record([a], skip_hash_check)
         else:
             download_many([job(a) for a in todo], max_workers=self.max_workers, desc=desc,
-                          on_done=lambda j, p: self._record([by_path[p]], skip_hash_check))
+                          progressbar=show,
+                          on_done=lambda _job, p: self._record([by_path[p]], skip_hash_check))
         return paths
 
     # -- files -----------------------------------------------------------------------------------
     def get_file_path(self, directory: str, file_name: str, force_download: bool = False,
-                      skip_hash_check: bool = False) -> Path:
+                      skip_hash_check: bool = False, *, progressbar: bool | None = None) -> Path:
         """The local path of one file, downloading (and verifying) it if needed.
 
         Parameters
@@ -412,6 +419,8 @@ class AbcProjectCache:
             Download again even if the file is there (e.g. it was damaged).
         skip_hash_check : bool
             Do not compute the md5 (faster, less safe).
+        progressbar : bool or None
+            Show a progress bar while downloading; None: the cache's :attr:`progressbar`.
 
         Returns
         -------
@@ -425,19 +434,25 @@ class AbcProjectCache:
             If the file could not be fetched.
         """
         attrs = self.manifest.get_file_attributes(directory, file_name)
-        return self._fetch([attrs], force_download, skip_hash_check)[0]
+        return self._fetch([attrs], force_download, skip_hash_check, progressbar=progressbar)[0]
 
     def get_data_path(self, directory: str, file_name: str, force_download: bool = False,
-                      skip_hash_check: bool = False) -> Path:
-        """The local path of a data file (h5ad, nii.gz), downloading it if needed."""
+                      skip_hash_check: bool = False, *, progressbar: bool | None = None) -> Path:
+        """The local path of a data file (h5ad, nii.gz), downloading it if needed.
+
+        The arguments are those of :meth:`get_file_path`.
+        """
         attrs = self.manifest.get_file_attributes(directory, file_name, DATA_KINDS)
-        return self._fetch([attrs], force_download, skip_hash_check)[0]
+        return self._fetch([attrs], force_download, skip_hash_check, progressbar=progressbar)[0]
 
     def get_metadata_path(self, directory: str, file_name: str, force_download: bool = False,
-                          skip_hash_check: bool = False) -> Path:
-        """The local path of a metadata CSV, downloading it if needed."""
+                          skip_hash_check: bool = False, *, progressbar: bool | None = None) -> Path:
+        """The local path of a metadata CSV, downloading it if needed.
+
+        The arguments are those of :meth:`get_file_path`.
+        """
         attrs = self.manifest.get_file_attributes(directory, file_name, ("metadata",))
-        return self._fetch([attrs], force_download, skip_hash_check)[0]
+        return self._fetch([attrs], force_download, skip_hash_check, progressbar=progressbar)[0]
 
     def get_metadata_dataframe(self, directory: str, file_name: str, force_download: bool = False,
                                skip_hash_check: bool = False, **kwargs) -> pd.DataFrame:

@@ -163,7 +163,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     try:
         yield tmp
         if tmp.exists():
-            os.replace(tmp, path)
+            tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -181,7 +181,7 @@ def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     half-written; nothing happens if *dst* already is *src*.
     """
     src, dst = Path(src), Path(dst)
-    if dst.exists() and os.path.samefile(src, dst):
+    if dst.exists() and dst.samefile(src):
         return
     with atomic_path(dst) as tmp:
         try:

@@ -623,7 +623,7 @@ def get_gene_data(
         ``ThreadPoolExecutor`` or a Dask ``Client.get_executor()``); the workers must see the cache
         folder. None reads them one after the other in this process.
     progressbar : bool
-        Show a progress bar over the cells (downloads show their own).
+        Show a progress bar over the cells, and one per matrix download.
     use_gene_index : bool or None
         The earlier switch, kept for existing code: False is ``gene_index="off"``.
     block_nnz : int
@@ -762,7 +762,8 @@ def get_gene_data(
                     remote_pool = ThreadPoolExecutor(REMOTE_MATRICES_AT_ONCE)
                 futures[(executor or remote_pool).submit(remote_extract_task, *args)] = job
                 continue
-            path = local.get(name) or abc_cache.get_data_path(directory, file_name)
+            path = local.get(name) or abc_cache.get_data_path(directory, file_name,
+                                                              progressbar=progressbar)
             if executor is None:
                 n_rows = _n_rows(path)
                 share = len(positions) / max(n_rows, 1)

@@ -321,7 +321,7 @@ class ManifestComparison:
             lines.extend(f"    {d} {k}: {a} -> {b}" for d, k, a, b in self.directory_versions_changed)
         return "\n".join(lines)
 
-    def _repr_pretty_(self, printer, cycle) -> None:  # IPython display
+    def _repr_pretty_(self, printer, _cycle) -> None:  # IPython display
         printer.text(str(self))
 
 

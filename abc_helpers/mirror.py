@@ -49,8 +49,16 @@ from .transfer import DownloadError, DownloadJob, download, download_many, file_
 
 LOGGER = logging.getLogger("abc_helpers")
 
-__all__ = ["MirrorReport", "fill_mirror", "fill_abc", "index_abc", "fill_vbn", "fill_allen_api",
-           "API_FOLDER", "VERSIONS_FOLDER"]
+__all__ = [
+    "API_FOLDER",
+    "VERSIONS_FOLDER",
+    "MirrorReport",
+    "fill_abc",
+    "fill_allen_api",
+    "fill_mirror",
+    "fill_vbn",
+    "index_abc",
+]
 
 VBN_PROJECT = "visual-behavior-neuropixels"
 VBN_MANIFESTS = f"{VBN_PROJECT}/manifests/"
@@ -156,7 +164,7 @@ def fill_abc(
     if data_types is not None and set(data_types) - {"log2", "raw"}:
         raise ValueError(f"Unknown expression matrix types {sorted(set(data_types) - {'log2', 'raw'})}: "
                          "use 'log2' and/or 'raw'.")
-    cache = AbcProjectCache(Path(mirror_dir) / ABC_BUCKET, source=source)
+    cache = AbcProjectCache(Path(mirror_dir) / ABC_BUCKET, source=source, progressbar=progressbar)
     asked = _names(releases)
     if asked is None:
         names = cache.list_manifest_file_names

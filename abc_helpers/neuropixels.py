@@ -47,13 +47,13 @@ from .transfer import download, file_hash, list_objects
 LOGGER = logging.getLogger("abc_helpers")
 
 __all__ = [
-    "VbnProjectCache",
-    "VbnEcephysSession",
     "OutdatedManifestWarning",
+    "VbnEcephysSession",
+    "VbnProjectCache",
+    "generate_all_download_urls_from_manifest",
+    "get_behavior_session_url",
     "get_manifest_url",
     "get_metadata_url",
-    "get_behavior_session_url",
-    "generate_all_download_urls_from_manifest",
 ]
 
 PROJECT_NAME = "visual-behavior-neuropixels"

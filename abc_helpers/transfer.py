@@ -457,7 +457,7 @@ def _download_attempts(url, path, part, algorithm, expected, size, bar, overall,
                 break
             LOGGER.warning("Download of '%s': %s. Retrying.", path.name, last_error)
             continue
-        os.replace(part, path)
+        Path(part).replace(path)
         return
     raise DownloadError(
         f"Could not download '{path.name}' from {url} after {retries + 1} attempts: {last_error}. "

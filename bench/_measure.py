@@ -22,7 +22,7 @@ def peak_rss_mb() -> float:
 
 def machine() -> dict:
     """What the figures were measured on: CPU model and count, memory, Python, the date."""
-    import datetime
+    import datetime as dt
     import os
     import platform
 
@@ -41,7 +41,7 @@ def machine() -> dict:
                 memory_gb = round(int(line.split()[1]) / 1024**2, 1)
     except OSError:
         pass
-    return {"date": datetime.date.today().isoformat(), "cpu": cpu, "cpus": os.cpu_count(),
+    return {"date": dt.date.today().isoformat(), "cpu": cpu, "cpus": os.cpu_count(),
             "memory_gb": memory_gb, "python": platform.python_version(), "system": platform.system()}
 
 

@@ -60,8 +60,7 @@ def data_dir() -> Path:
 
 def _gene_order(rng: np.random.Generator) -> np.ndarray:
     """Column of each popularity rank: the 10 named genes at GENE_RANKS, the rest shuffled."""
-    order = rng.permutation(N_GENES)
-    return order
+    return rng.permutation(N_GENES)
 
 
 def generate(path: Path, n_cells: int, seed: int = 0) -> None:
@@ -125,7 +124,7 @@ def generate(path: Path, n_cells: int, seed: int = 0) -> None:
         for name in ("layers", "obsm", "obsp", "uns", "varm", "varp"):
             g = f.create_group(name)
             g.attrs.update({"encoding-type": "dict", "encoding-version": "0.1.0"})
-    os.replace(part, path)
+    part.replace(path)
     print(f"generated {path} ({n_cells} cells, {nnz} values, {path.stat().st_size / 1e9:.2f} GB) "
           f"in {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
@@ -224,7 +223,7 @@ def method_anndata_backed(path: Path, **_):
 def method_chunked_dense(path: Path, **_):
     import anndata
 
-    cells, genes = _cells_and_genes(path)
+    _cells, genes = _cells_and_genes(path)
     t0 = time.perf_counter()
     ad = anndata.read_h5ad(path, backed="r")
     symbols = ad.var["gene_symbol"].to_numpy()

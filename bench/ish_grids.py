@@ -60,7 +60,7 @@ def build_world(n_extra: int) -> Path:
         amba.generate(writer, n_extra=n_extra)
     (tmp / "READY").write_text("ok")
     shutil.rmtree(root, ignore_errors=True)
-    os.replace(tmp, root)
+    Path(tmp).replace(root)
     return root
 
 
@@ -126,7 +126,7 @@ def seed_method(url: str, out: Path, ids: list[int], genes: list[str]) -> None:
         zip_path.write_bytes(content)
         with zipfile.ZipFile(zip_path) as zf:
             zf.extract("energy.raw", path=tmp)
-        os.rename(tmp / "energy.raw", tmp / f"{eid}.raw")
+        (tmp / "energy.raw").rename(tmp / f"{eid}.raw")
         zip_path.unlink()
         data = np.fromfile(tmp / f"{eid}.raw", "<f4").reshape(58, 41, 67)
         (tmp / f"{eid}.raw").unlink()
@@ -215,11 +215,11 @@ def naive_query(stack_dir: Path, gene: str) -> dict:
 def _child(argv: list[str]) -> int:
     kind, args = argv[0], json.loads(argv[1])
     # Imports are not part of any method's time: load what every method uses first.
-    import pandas  # noqa: F401
+    import pandas as pd  # noqa: F401
     import requests  # noqa: F401
     import SimpleITK  # noqa: F401
 
-    import abc_helpers.ish  # noqa: F401
+    import abc_helpers.ish
     import abc_helpers.transfer  # noqa: F401
 
     t0 = time.perf_counter()

@@ -124,7 +124,7 @@ def client(url: str, cache_dir: str, genes: list[str], mode: str, out: str | Non
     table = cache.get_metadata_dataframe(DIRECTORY, "gene", index_col="gene_identifier")
     if go:
         print("ready", flush=True)
-        while not os.path.exists(go):
+        while not Path(go).exists():
             time.sleep(0.001)
     t0 = time.perf_counter()
     df = get_gene_data(cache, cells, table, genes, gene_index=mode, progressbar=False)
@@ -231,8 +231,8 @@ def main() -> None:
             results[latency] = (base, served)
             if not latency:
                 labels = sum(n for k, n in sent.items() if k.endswith(".labels.txt"))
-                received = sum(n for k, n in sent.items() if not k.endswith(".labels.txt")
-                               and ".gene_index" in k or k.endswith("catalog.json"))
+                received = sum(n for k, n in sent.items() if (not k.endswith(".labels.txt")
+                               and ".gene_index" in k) or k.endswith("catalog.json"))
                 # the first query and its 5 repeats each read the ranges once; the catalog once
                 per_query = (received - sent.get(f"{BUCKET}/gene-index/releases/{RELEASE}/catalog.json", 0)) / 6
                 summary.update({

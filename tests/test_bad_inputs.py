@@ -13,6 +13,7 @@ import threading
 import warnings
 import zipfile
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -153,11 +154,11 @@ def test_vbn_manifest_url_that_escapes_is_refused(tmp_path):
         cache_dir = tmp_path / "a" / "b" / "cache"
         cache = VbnProjectCache.from_s3_cache(cache_dir, source=Source("sample", server.url),
                                               progressbar=False)
-        with pytest.raises(ValueError, match="outside|escapes"):
+        with pytest.raises(ValueError, match=r"outside|escapes"):
             cache.get_metadata_path("units")
     finally:
         server.stop()
-        assert not [p for p in tmp_path.rglob("escaped_units*")], "files were written outside the cache"
+        assert not list(tmp_path.rglob("escaped_units*")), "files were written outside the cache"
 
 
 # -- grid zips --------------------------------------------------------------------------------------
@@ -422,9 +423,9 @@ def test_aws_source_builds_https_urls_only():
 class _Redirect(http.server.BaseHTTPRequestHandler):
     """Answers every GET with a redirect to a plain-HTTP, non-loopback URL."""
 
-    hits: list[str] = []
+    hits: ClassVar[list[str]] = []
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         self.hits.append(self.path)
         self.send_response(302)
         self.send_header("Location", "http://downgrade.invalid/x.csv")

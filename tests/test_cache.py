@@ -201,3 +201,16 @@ def test_metadata_dataframe_matches_source(cache):
     """The CSV read through the cache equals the object the server holds."""
     frame = cache.get_metadata_dataframe("WMB-taxonomy", "cluster")
     assert isinstance(frame, pd.DataFrame) and len(frame) > 0
+
+
+def test_progressbar_false_prints_no_bar(tmp_path, sample_source, capfd):
+    """progressbar=False (the cache's, or one call's) silences the download bars on stderr."""
+    quiet = AbcProjectCache.from_s3_cache(tmp_path / "quiet", source=sample_source, progressbar=False)
+    quiet.get_metadata_path("WMB-10X", "gene")
+    quiet.get_directory_metadata("WMB-taxonomy")
+    assert "B/s" not in capfd.readouterr().err
+    loud = AbcProjectCache.from_s3_cache(tmp_path / "loud", source=sample_source)
+    loud.get_metadata_path("WMB-10X", "gene", progressbar=False)
+    assert "B/s" not in capfd.readouterr().err
+    loud.get_metadata_path("WMB-10X", "cell_metadata")
+    assert "cell_metadata.csv" in capfd.readouterr().err  # the default shows the bar: the check can fail

@@ -57,9 +57,13 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     """A failing block leaves the final path as it was and no temporary file."""
     target = tmp_path / "sub" / "table.csv"
     atomic_write_text(target, "old")
-    with pytest.raises(RuntimeError, match="boom"), atomic_path(target) as tmp:
-        tmp.write_text("half")
-        raise RuntimeError("boom")
+    def write_half_then_fail() -> None:
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        write_half_then_fail()
     assert target.read_text() == "old"
     assert sorted(p.name for p in target.parent.iterdir()) == ["table.csv"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import warnings
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -63,7 +64,7 @@ def test_block_bounds_cover_every_row_once():
     indptr = np.concatenate([[0], np.cumsum([3, 0, 50, 2, 2, 0, 1])])
     bounds = block_bounds(indptr, 5)
     assert bounds[0][0] == 0 and bounds[-1][1] == 7
-    assert all(a[1] == b[0] for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
     assert (2, 3) in bounds
     assert block_bounds(indptr, 5, first=3, last=5) == [(3, 5)]
 
@@ -78,7 +79,7 @@ def test_streaming_matches_dense_reference(h5ad_file, block_nnz, search_cost, mo
     got = extract_genes_from_h5ad(path, genes, block_nnz=block_nnz)
     assert got.dtypes.eq(np.float32).all()
     assert list(got.columns) == genes
-    np.testing.assert_array_equal(got.to_numpy(), dense[genes[:-1] + ["Gene5"]].to_numpy())
+    np.testing.assert_array_equal(got.to_numpy(), dense[[*genes[:-1], "Gene5"]].to_numpy())
     assert got.index.equals(dense.index)
 
 
@@ -118,7 +119,7 @@ def test_streaming_subset_in_any_order_with_missing_cells(h5ad_file):
     """A shuffled subset is returned in the order asked; unknown cells are NaN and reported"""
     path, dense = h5ad_file
     rng = np.random.default_rng(1)
-    cells = list(dense.index[rng.choice(N_CELLS, 300, replace=False)]) + ["NOT-A-CELL"]
+    cells = [*list(dense.index[rng.choice(N_CELLS, 300, replace=False)]), "NOT-A-CELL"]
     with pytest.warns(MissingCellsWarning, match=r"1 of 301 cells are not in"):
         got = extract_genes_from_h5ad(path, ["ENSMUSG00000000003", "Gene9"], cell_labels=cells,
                                       block_nnz=50)
@@ -198,14 +199,14 @@ def test_same_labels_is_exact(h5ad_file, tmp_path, cached):
     path, dense = h5ad_file
     target = write_gene_index(path, tmp_path / "idx.h5ad", progressbar=False)
     labels = list(dense.index)
-    merged = labels[:10] + [labels[10] + "\n" + labels[11]] + labels[12:]
+    merged = [*labels[:10], labels[10] + "\n" + labels[11], *labels[12:]]
     cases = {
-        "one char": labels[:700] + [labels[700][:-1] + "X"] + labels[701:],
+        "one char": [*labels[:700], labels[700][:-1] + "X", *labels[701:]],
         "swapped": labels[:2][::-1] + labels[2:],
-        "merged": merged + ["extra"],
-        "last longer": labels[:-1] + [labels[-1] + "0"],
-        "non-ascii": labels[:-1] + ["é" + labels[-1][1:]],
-        "not str": labels[:-1] + [12345],
+        "merged": [*merged, "extra"],
+        "last longer": [*labels[:-1], labels[-1] + "0"],
+        "non-ascii": [*labels[:-1], "é" + labels[-1][1:]],
+        "not str": [*labels[:-1], 12345],
     }
     with h5py.File(target) as f:
         tables = index_tables(f)

@@ -124,8 +124,8 @@ def test_filter_abnormalities_drops_the_abnormal_sessions(sdk):
 
 def test_sdk_downloads_and_old_pynwb_reads_the_session_nwb(sdk, ours):
     sid = sdk["nwb_session_id"]
-    assert sdk["downloaded_nwb"] == [f"visual-behavior-neuropixels-0.3.0/behavior_ecephys_sessions/{sid}/"
-                                     f"ecephys_session_{sid}.nwb"]
+    assert sdk["downloaded_nwb"] == [(f"visual-behavior-neuropixels-0.3.0/behavior_ecephys_sessions/{sid}/"
+                                     f"ecephys_session_{sid}.nwb")]
     got = sdk["pynwb_read"]["value"]
     assert int(got["pynwb"].split(".")[0]) < 3  # the old pynwb the SDK pins, not ours
     assert got["session_id"] == str(sid)

@@ -173,7 +173,7 @@ def test_read_grid_geometry(unique_zip):
     assert image.GetOrigin() == (0, 0, 0) and image.GetDirection() == (1, 0, 0, 0, 1, 0, 0, 0, 1)
     for a, d, lr in VOXELS:  # index (x, y, z) = (AP, DV, LR) at CCF mm (AP, DV, LR)
         assert image[int(a), int(d), int(lr)] == _ccf_value(a, d, lr)
-    with pytest.raises(KeyError, match="density.raw"):
+    with pytest.raises(KeyError, match=r"density\.raw"):
         ish.read_grid(unique_zip, "density")
 
 
@@ -322,7 +322,7 @@ def test_corrupt_grid_member_is_reported(unique_zip, tmp_path):
     content[start + info.compress_size // 2] ^= 0xFF
     bad = tmp_path / "bad.zip"
     bad.write_bytes(bytes(content))
-    with pytest.raises(zipfile.BadZipFile, match="corrupt.*download it again"):
+    with pytest.raises(zipfile.BadZipFile, match=r"corrupt.*download it again"):
         ish.read_grid_array(bad)
 
 

@@ -17,7 +17,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from abc_helpers import AbcProjectCache, DownloadError, MissingCellsWarning, OutdatedManifestWarning, get_gene_data
+from abc_helpers import (
+    AbcProjectCache,
+    DownloadError,
+    MissingCellsWarning,
+    OutdatedManifestWarning,
+    get_gene_data,
+)
 from abc_helpers.gene_index import (
     CATALOG_FORMAT,
     GENE_TABLE_DTYPE,

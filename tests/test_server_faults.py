@@ -33,7 +33,7 @@ def server(tmp_path_factory):
         yield srv
 
 
-@pytest.fixture()
+@pytest.fixture
 def srv(server):
     """The module's server with no faults and fresh stats; faults are removed afterwards."""
     server.set_faults(None)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
-import os
 from pathlib import Path
 
 import pytest
@@ -176,4 +175,4 @@ def test_two_processes_fetch_one_file(server, tmp_path, big_hash):
     assert [p.exitcode for p in procs] == [0, 0]
     assert _md5(target) == big_hash
     assert server.stats()["bytes_sent"][f"{BUCKET}/data/big.bin"] == BIG  # fetched once
-    assert sorted(os.listdir(target.parent)) in (["big.bin"], ["big.bin", "big.bin.lock"])
+    assert sorted(p.name for p in target.parent.iterdir()) in (["big.bin"], ["big.bin", "big.bin.lock"])

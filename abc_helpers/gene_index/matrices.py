@@ -167,7 +167,7 @@ def build_gene_index(
             built[f"{directory}/{file_name}"] = existing
             continue
         attrs = abc_cache.get_file_attributes(directory, file_name)
-        source = abc_cache.get_data_path(directory, file_name)
+        source = abc_cache.get_data_path(directory, file_name, progressbar=progressbar)
         built[f"{directory}/{file_name}"] = write_gene_index(
             source, source_md5=attrs.file_hash, source_file=attrs.relative_path,
             run_nnz=run_nnz, progressbar=progressbar)

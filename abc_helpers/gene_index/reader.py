@@ -10,7 +10,6 @@ and keeps them; :func:`index_tables` keeps the tables of the last few files.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -530,8 +529,8 @@ def index_tables(h5file) -> IndexTables | None:
     IndexTables or None
         None if *h5file* is not a gene index.
     """
-    path = os.path.abspath(h5file.filename)
-    st = os.stat(path)
+    path = str(Path(h5file.filename).resolve())
+    st = Path(path).stat()
     key = (path, st.st_size, st.st_mtime_ns)
     with _TABLES_LOCK:
         tables = _TABLES.get(key)

@@ -7,6 +7,7 @@ matrix; free disk space of about twice the matrix's ``X`` is needed while it run
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from pathlib import Path
@@ -128,7 +129,7 @@ def _merge_bands(scratch, run_indptr: np.ndarray, bounds: list[tuple[int, int]],
     if edges[0] != 0:
         edges = np.concatenate([[0], edges])
     rows_ds, data_ds = scratch["rows"], scratch["data"]
-    for c0, c1 in zip(edges[:-1], edges[1:], strict=True):
+    for c0, c1 in itertools.pairwise(edges):
         lo, hi = int(col_ptr[c0]), int(col_ptr[c1])
         if hi == lo:
             continue

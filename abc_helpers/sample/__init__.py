@@ -17,8 +17,17 @@ from .faults import Fault, FaultPlan
 from .server import SampleServer
 from .world import WorldWriter
 
-__all__ = ["start", "build_world", "default_world_dir", "SampleServer", "Fault", "FaultPlan",
-           "WorldWriter", "ABC_BUCKET", "VBN_BUCKET"]
+__all__ = [
+    "ABC_BUCKET",
+    "VBN_BUCKET",
+    "Fault",
+    "FaultPlan",
+    "SampleServer",
+    "WorldWriter",
+    "build_world",
+    "default_world_dir",
+    "start",
+]
 
 
 def start(

@@ -58,7 +58,7 @@ from .world import WorldWriter
 
 LOGGER = logging.getLogger("abc_helpers")
 
-__all__ = ["RELEASES", "FEATURED_GENES", "RELEASE_DIRECTORIES", "BUCKET_URL", "generate"]
+__all__ = ["BUCKET_URL", "FEATURED_GENES", "RELEASES", "RELEASE_DIRECTORIES", "generate"]
 
 #: The release manifests written, oldest first.
 RELEASES: list[str] = ["20230630", "20230830", "20231215"]
@@ -170,7 +170,7 @@ class _World:
         table.index.name = "cell_label"
         return table
 
-    def with_cluster_annotation(self, cells: pd.DataFrame, id_column: str = "cell_label") -> pd.DataFrame:
+    def with_cluster_annotation(self, cells: pd.DataFrame) -> pd.DataFrame:
         """Join *cells* with the pivoted taxonomy, colours and (10x only) the ROI order/colour."""
         cl = self.taxonomy.clusters
         levels = ["neurotransmitter", "class", "subclass", "supertype", "cluster"]
@@ -308,7 +308,7 @@ class _World:
             files["views/example_genes_all_cells_expression.csv"] = _csv(table, index=True)
         return files
 
-    def merfish_ccf_metadata(self, version: str) -> dict[str, bytes]:
+    def merfish_ccf_metadata(self, _version: str) -> dict[str, bytes]:  # one for every version
         return {"ccf_coordinates.csv": _csv(self.merfish["ccf"]),
                 "reconstructed_coordinates.csv": _csv(self.merfish["reconstructed"])}
 

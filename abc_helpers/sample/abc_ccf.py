@@ -173,7 +173,7 @@ def parcellation_tables(tree: pd.DataFrame, annotation: np.ndarray) -> dict[str,
     rows = []
     for idx in indices:
         if idx == 0:
-            rows.append({lv: ("unassigned", "unassigned", "000000") for lv in levels} | {"index": 0})
+            rows.append(dict.fromkeys(levels, ("unassigned", "unassigned", "000000")) | {"index": 0})
             continue
         node = tree.iloc[int(idx)]
         path = [int(p) for p in node["structure_id_path"].strip("/").split("/")]

@@ -380,7 +380,7 @@ def build_cells(taxonomy: Taxonomy, seed: int = 10) -> pd.DataFrame:
     xy = centre + rng.normal(0.0, 0.45, size=centre.shape)
     cells["x"] = np.clip(xy[:, 0], -17.5, 26.5)
     cells["y"] = np.clip(xy[:, 1], -17.5, 26.5)
-    return cells[CELL_METADATA_COLUMNS + ["_region"]]
+    return cells[[*CELL_METADATA_COLUMNS, "_region"]]
 
 
 def roi_table() -> pd.DataFrame:

@@ -90,7 +90,7 @@ def error_response(msg: str, fmt: str = "json", status: int = 500) -> Response:
 
 # -- data ---------------------------------------------------------------------------------------------
 @lru_cache(maxsize=8)
-def _load_records(path: str, mtime_ns: int) -> list[dict]:
+def _load_records(path: str, _mtime_ns: int) -> list[dict]:  # the mtime keys the cache
     with open(path) as fh:
         return json.load(fh)["section_data_sets"]
 
@@ -290,7 +290,7 @@ def _parse(criteria_text: str, params_key: tuple) -> tuple:
             if model != "SectionDataSet":
                 raise RmaError(f"The sample API serves the SectionDataSet model only, not '{model}'.")
             continue
-        if low.startswith("service::") or low.startswith("pipe::"):
+        if low.startswith(("service::", "pipe::")):
             raise RmaError(f"Services and pipes ('{token}') are not part of the sample API.")
         if low == "rma::criteria":
             stage = "criteria"

@@ -95,7 +95,7 @@ def build_world(
         )
         if root.exists():
             shutil.rmtree(root)
-        os.replace(tmp, root)
+        Path(tmp).replace(root)
         LOGGER.info("Built the sample world in %.1f s (%s) at %s",
                     time.perf_counter() - started, timings, root)
     return root

@@ -168,12 +168,12 @@ def _sessions(scale: VbnScale, rng: np.random.Generator) -> tuple[pd.DataFrame, 
             stype = _TRAINING[min(i * len(_TRAINING) // max(n_beh, 1), len(_TRAINING) - 1)]
             image_set = familiar if "images" in stype else None
             stype = stype.format(s=familiar)
-            rows.append(dict(mouse_id=int(mouse), genotype=genotype, sex=sex, birth=birth,
-                             when=day + dt.timedelta(hours=float(rng.uniform(8, 12))),
-                             session_type=stype, image_set=image_set, ecephys=False,
-                             equipment_name=f"BEH.{'BDFG'[rng.integers(4)]}-Box{rng.integers(1, 7)}",
-                             omissions=0, seen=seen.get(image_set, 0) if image_set else None,
-                             same_type=same.get(stype, 0)))
+            rows.append({"mouse_id": int(mouse), "genotype": genotype, "sex": sex, "birth": birth,
+                             "when": day + dt.timedelta(hours=float(rng.uniform(8, 12))),
+                             "session_type": stype, "image_set": image_set, "ecephys": False,
+                             "equipment_name": f"BEH.{'BDFG'[rng.integers(4)]}-Box{rng.integers(1, 7)}",
+                             "omissions": 0, "seen": seen.get(image_set, 0) if image_set else None,
+                             "same_type": same.get(stype, 0)})
             same[stype] = same.get(stype, 0) + 1
             if image_set:
                 seen[image_set] = seen.get(image_set, 0) + 1
@@ -184,11 +184,11 @@ def _sessions(scale: VbnScale, rng: np.random.Generator) -> tuple[pd.DataFrame, 
         rig = f"NP.{rng.integers(2)}"
         for k in range(n_ephys):
             image_set = familiar if k == 0 else novel
-            rows.append(dict(mouse_id=int(mouse), genotype=genotype, sex=sex, birth=birth,
-                             when=day + dt.timedelta(hours=float(rng.uniform(14, 17))),
-                             session_type=f"EPHYS_1_images_{image_set}_{vol}uL_reward",
-                             image_set=image_set, ecephys=True, equipment_name=rig, omissions=k,
-                             seen=seen.get(image_set, 0), same_type=0, ephys_number=k + 1))
+            rows.append({"mouse_id": int(mouse), "genotype": genotype, "sex": sex, "birth": birth,
+                             "when": day + dt.timedelta(hours=float(rng.uniform(14, 17))),
+                             "session_type": f"EPHYS_1_images_{image_set}_{vol}uL_reward",
+                             "image_set": image_set, "ecephys": True, "equipment_name": rig, "omissions": k,
+                             "seen": seen.get(image_set, 0), "same_type": 0, "ephys_number": k + 1})
             seen[image_set] = seen.get(image_set, 0) + 1
             day += dt.timedelta(days=1)
     beh = pd.DataFrame(rows).sort_values("when", kind="stable").reset_index(drop=True)

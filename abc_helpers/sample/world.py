@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -110,7 +109,7 @@ class WorldWriter:
             previous = versions[-1]
             old = self.root / "s3-versions" / bucket / f"{previous['version_id']}.bin"
             old.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(target, old)
+            target.replace(old)
             previous["path"] = old.relative_to(self.root).as_posix()
             previous["is_latest"] = False
         if move:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 def _table(df) -> dict:
     """Summarise a DataFrame as JSON-able facts."""
-    return {"n_rows": int(len(df)), "index_name": df.index.name, "columns": [str(c) for c in df.columns],
+    return {"n_rows": len(df), "index_name": df.index.name, "columns": [str(c) for c in df.columns],
             "dtypes": {str(c): str(t) for c, t in df.dtypes.items()},
             "index": [int(i) for i in df.index],
             "nulls": {str(c): int(n) for c, n in df.isna().sum().items()},

@@ -49,8 +49,7 @@ def serve_allen_api(exchange: Exchange, api_root: Path | None) -> None:
             status, headers, body = allen_api.handle(api_root, "GET", exchange.url_path,
                                                      exchange.query)
     except zipfile.BadZipFile as err:
-        LOGGER.error("Sample server failed on %s %s", exchange.method, exchange.url_path,
-                     exc_info=True)
+        LOGGER.exception("Sample server failed on %s %s", exchange.method, exchange.url_path)
         raise S3Error(500, "InternalError", f"{type(err).__name__}: {err}") from err
     headers = {k: v for k, v in headers.items() if k.lower() not in ("content-length", "connection")}
     if isinstance(body, (str, os.PathLike)):
@@ -60,3 +59,4 @@ def serve_allen_api(exchange: Exchange, api_root: Path | None) -> None:
                 return serve_file(exchange, fh, headers, headers.get("ETag"))
             return exchange.send_file(status, headers, fh, 0, os.fstat(fh.fileno()).st_size)
     exchange.send_bytes(status, headers, bytes(body), faulty=True)
+    return None

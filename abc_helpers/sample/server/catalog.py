@@ -237,7 +237,7 @@ class Catalog:
             return versions
 
     def mirror_version(self, bucket: Bucket, key: str,
-                       version_id: str) -> ServedVersion | None | bool:
+                       version_id: str) -> ServedVersion | bool | None:
         """A versioned request in mirror mode: the ``_versions/<id>/<key>`` file if there is one.
 
         Parameters

@@ -273,7 +273,7 @@ def _get_object(exchange: Exchange, catalog: Catalog, bucket: Bucket, key: str,
     else:
         version = versions[-1]
     try:
-        fh = open(version.path, "rb")
+        fh = open(version.path, "rb")  # noqa: SIM115 (closed by the with block below)
     except FileNotFoundError:
         raise S3Error(404, "NoSuchKey", "The specified key does not exist.", Key=key) from None
     with fh:
@@ -371,8 +371,8 @@ def _list_v2(exchange: Exchange, catalog: Catalog, bucket: Bucket, query: Query)
     items, truncated, max_keys = _page(catalog, bucket, query, after, skip_upto)
     prefix = query.get("prefix", [""])[0]
     delimiter = query.get("delimiter", [""])[0]
-    xml = [f'<ListBucketResult xmlns="{S3_NS}"><Name>{escape(bucket.name)}</Name>'
-           f"<Prefix>{enc(prefix)}</Prefix>"]
+    xml = [(f'<ListBucketResult xmlns="{S3_NS}"><Name>{escape(bucket.name)}</Name>'
+           f"<Prefix>{enc(prefix)}</Prefix>")]
     if token:
         xml.append(f"<ContinuationToken>{escape(token)}</ContinuationToken>")
     if truncated:
@@ -397,8 +397,8 @@ def _list_v1(exchange: Exchange, catalog: Catalog, bucket: Bucket, query: Query)
     items, truncated, max_keys = _page(catalog, bucket, query, marker, marker)
     prefix = query.get("prefix", [""])[0]
     delimiter = query.get("delimiter", [""])[0]
-    xml = [f'<ListBucketResult xmlns="{S3_NS}"><Name>{escape(bucket.name)}</Name>'
-           f"<Prefix>{enc(prefix)}</Prefix><Marker>{enc(marker)}</Marker>"]
+    xml = [(f'<ListBucketResult xmlns="{S3_NS}"><Name>{escape(bucket.name)}</Name>'
+           f"<Prefix>{enc(prefix)}</Prefix><Marker>{enc(marker)}</Marker>")]
     if truncated:
         xml.append(f"<NextMarker>{enc(items[-1][1])}</NextMarker>")
     xml.append(f"<MaxKeys>{max_keys}</MaxKeys>")
@@ -445,9 +445,9 @@ def _list_versions(exchange: Exchange, catalog: Catalog, bucket: Bucket, query: 
         items = list(itertools.islice(entries(), max_keys + 1))
     truncated = len(items) > max_keys and max_keys > 0
     items = items[:max_keys]
-    xml = [f'<ListVersionsResult xmlns="{S3_NS}"><Name>{escape(bucket.name)}</Name>'
+    xml = [(f'<ListVersionsResult xmlns="{S3_NS}"><Name>{escape(bucket.name)}</Name>'
            f"<Prefix>{enc(prefix)}</Prefix><KeyMarker>{enc(key_marker)}</KeyMarker>"
-           f"<VersionIdMarker>{escape(vid_marker)}</VersionIdMarker>"]
+           f"<VersionIdMarker>{escape(vid_marker)}</VersionIdMarker>")]
     if truncated:
         kind, value, last = items[-1]
         xml.append(f"<NextKeyMarker>{enc(value)}</NextKeyMarker>")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -94,7 +95,7 @@ class _HTTPServer(ThreadingHTTPServer):
             self.connections.discard(request)
         super().shutdown_request(request)
 
-    def handle_error(self, request, client_address) -> None:
+    def handle_error(self, request, client_address) -> None:  # noqa: ARG002 (socketserver's signature)
         # socketserver prints tracebacks to stderr; a client that hangs up is not news, and
         # anything else goes to the log, never to the terminal of the user's notebook.
         if isinstance(sys.exc_info()[1], OSError):
@@ -107,10 +108,8 @@ class _HTTPServer(ThreadingHTTPServer):
         with self._conn_lock:
             conns = list(self.connections)
         for conn in conns:
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -127,25 +126,25 @@ class _Handler(BaseHTTPRequestHandler):
     def version_string(self) -> str:
         return "AmazonS3"
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib name)
-        LOGGER.debug("%s - " + format, self.address_string(), *args)
+    def log_message(self, format: str, *args: object) -> None:
+        LOGGER.debug("%s - %s", self.address_string(), format % args)
 
-    def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+    def do_GET(self) -> None:
         self._dispatch("GET")
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._dispatch("HEAD")
 
-    def do_PUT(self) -> None:  # noqa: N802
+    def do_PUT(self) -> None:
         self._dispatch("PUT")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._dispatch("POST")
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
-    def do_PATCH(self) -> None:  # noqa: N802
+    def do_PATCH(self) -> None:
         self._dispatch("PATCH")
 
     def _dispatch(self, method: str) -> None:
@@ -184,7 +183,7 @@ class _Handler(BaseHTTPRequestHandler):
             LOGGER.debug("client went away during %s %s: %s", method, self.url_path, err)
             self.close_connection = True
         except (OSError, ValueError, LookupError) as err:  # a damaged world or mirror file
-            LOGGER.error("Sample server failed on %s %s", method, self.path, exc_info=True)
+            LOGGER.exception("Sample server failed on %s %s", method, self.path)
             if self.status:  # the headers are out: all we can do is hang up
                 self._hang_up()
             else:
@@ -321,10 +320,7 @@ class _Handler(BaseHTTPRequestHandler):
             if kind == "stall":
                 time.sleep(fault.stall or 0.0)
             elif pos == at:
-                if isinstance(body, bytes):
-                    byte = body[at]
-                else:
-                    byte = _pread(body, 1, offset + at)[0]
+                byte = body[at] if isinstance(body, bytes) else _pread(body, 1, offset + at)[0]
                 self._send_counted(b"", bytes([byte ^ 0xFF]))
                 pos += 1
         if end > pos:
@@ -335,10 +331,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _hang_up(self) -> None:
         """Close the connection abruptly (the client sees a short body)."""
         self.close_connection = True
-        try:
+        with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self.connection.close()
 
 
