@@ -279,7 +279,7 @@ def test_minc_writer_is_thread_safe(tmp_path):
     base = np.arange(58 * 41 * 67, dtype=np.float32).reshape(58, 41, 67)
 
     def write(i):
-        data = ish._pir_to_ras(base + i) if i % 2 else np.ascontiguousarray(ish._pir_to_ras(base - i))
+        data = ish.pir_to_ras(base + i) if i % 2 else np.ascontiguousarray(ish.pir_to_ras(base - i))
         return minc.write_minc(tmp_path / f"{i}.mnc", data, *geometry), data
 
     with ThreadPoolExecutor(4) as pool:
