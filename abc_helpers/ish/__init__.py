@@ -46,6 +46,7 @@ from .volumes import (
     read_volume,
     reorient,
     world_geometry,
+    world_plane,
     write_volume,
 )
 
@@ -82,5 +83,6 @@ __all__ = [
     "section_datasets_url",
     "verify_grid",
     "world_geometry",
+    "world_plane",
     "write_volume",
 ]

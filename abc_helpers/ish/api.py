@@ -38,7 +38,7 @@ def section_datasets_url(
     start_row: int = 0,
     num_rows: int | str = "all",
 ) -> str:
-    """Return the URL of the seed's SectionDataSet query (one page).
+    """Return the URL of the SectionDataSet query of the Allen ISH grid download script (one page).
 
     Parameters
     ----------
@@ -105,8 +105,9 @@ def query_section_datasets(
 ) -> pd.DataFrame:
     """Query the ISH experiments (SectionDataSets) of the Allen Mouse Brain Atlas.
 
-    The query is the seed's: not failed, product ``Mouse``, treatment ``ISH``, the plane of
-    section, optionally some genes; the result has the seed's columns. Pages of *page_size* rows
+    The query is the Allen ISH grid download script's: not failed, product ``Mouse``, treatment
+    ``ISH``, the plane of section, optionally some genes; the result has that script's columns
+    (:data:`SEED_COLUMNS`). Pages of *page_size* rows
     are fetched until a short page arrives (CSV answers carry no row count).
 
     Parameters

@@ -146,7 +146,7 @@ def download_grids(
 ) -> pd.DataFrame:
     """Download the grids of many experiments in parallel, reporting each failure.
 
-    Unlike the seed's process pool, one failed experiment never loses the others: every row gets
+    Unlike the process pool of the Allen ISH grid download script, one failed experiment never loses the others: every row gets
     ``success`` and ``error``.
 
     Parameters

@@ -70,7 +70,7 @@ def pir_to_ras(data: np.ndarray) -> np.ndarray:
 
 def world_geometry(orientation: str, world_space: str, resolution_um: float,
                    expansion_factor: float = 1.0) -> tuple[tuple, tuple, tuple]:
-    """Return (origin, spacing, direction) in SimpleITK order for the seed's geometry, in mm."""
+    """Return (origin, spacing, direction) in SimpleITK order, in mm, for the geometry of the Allen ISH grid download script."""
     try:
         centers = CENTERS_UM[orientation][world_space]
         cosines = DIRECTION_COSINES[orientation][world_space]
@@ -88,8 +88,9 @@ def world_geometry(orientation: str, world_space: str, resolution_um: float,
 def reorient(image, orientation: str = "RAS", world_space: str = "MICe", expansion_factor: float = 1.0):
     """Reorient a PIR grid (from :func:`read_grid`) to RAS or PIR voxels in MICe or CCFv3 world space.
 
-    Voxels move exactly as the seed's numpy rotations move them (``rot90`` over axes (0, 2) then
-    (0, 1) for RAS; nothing for PIR), and the geometry is the seed's centres and direction cosines.
+    Voxels move exactly as the numpy rotations of the Allen ISH grid download script move them
+    (``rot90`` over axes (0, 2) then (0, 1) for RAS; nothing for PIR), and the geometry is that
+    script's centres and direction cosines.
 
     Parameters
     ----------
@@ -101,7 +102,7 @@ def reorient(image, orientation: str = "RAS", world_space: str = "MICe", expansi
     world_space : str
         ``"MICe"`` or ``"CCFv3"``.
     expansion_factor : float
-        Scales centres and steps, as in the seed.
+        Scales centres and steps, as in the Allen ISH grid download script.
 
     Returns
     -------
@@ -164,6 +165,77 @@ def expected_world_point(ccf_um: Iterable[float], world_space: str = "MICe") -> 
         return (ap, dv, lr)
     raise ValueError(f"Unknown world space '{world_space}': use 'MICe' or 'CCFv3'.")
 
+
+
+def world_plane(image, axis: int, value: float,
+                horizontal_axis: int) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """Return the 2-D plane of *image* at world coordinate *value* along *axis*, and its extent in mm.
+
+    The plane is the slice of voxels nearest to *value*, as ``matplotlib.pyplot.imshow`` wants it
+    with ``origin="lower"``: columns run along *horizontal_axis*, rows along the remaining axis,
+    both with increasing world coordinates. Voxels without data (negative values, -1 in the
+    grids) become NaN, so they are left blank.
+
+    Parameters
+    ----------
+    image : SimpleITK.Image
+        A 3-D image with identity direction, e.g. :func:`~abc_helpers.ish.grids.read_grid` (PIR,
+        CCFv3) or ``reorient(..., "RAS", "MICe")``.
+    axis : int
+        The world axis held fixed (0, 1 or 2 = x, y, z).
+    value : float
+        Its world coordinate, in mm.
+    horizontal_axis : int
+        The world axis shown left to right; the third axis is shown bottom to top.
+
+    Returns
+    -------
+    plane : numpy.ndarray
+        (rows, columns), float, NaN where the image has no data.
+    extent : tuple of float
+        (left, right, bottom, top) in world mm: the outer edges of the first and last voxels,
+        for ``imshow(plane, origin="lower", extent=extent)``.
+
+    Raises
+    ------
+    ValueError
+        If the axes are not two different ones of 0, 1, 2, the image's direction is not the
+        identity, or *value* is outside the image.
+
+    Examples
+    --------
+    >>> import SimpleITK as sitk
+    >>> image = sitk.GetImageFromArray(np.arange(24, dtype=np.float32).reshape(2, 3, 4))  # (z, y, x)
+    >>> image.SetOrigin((10.0, 20.0, 30.0))
+    >>> image.SetSpacing((0.5, 1.0, 2.0))
+    >>> plane, extent = world_plane(image, axis=2, value=32.0, horizontal_axis=0)  # z = 32 mm: z index 1
+    >>> plane.shape, extent
+    ((3, 4), (9.75, 11.75, 19.5, 22.5))
+    """
+    import SimpleITK as sitk
+
+    if axis not in (0, 1, 2) or horizontal_axis not in (0, 1, 2) or axis == horizontal_axis:
+        raise ValueError(f"axis={axis} and horizontal_axis={horizontal_axis}: pass two different world "
+                         "axes among 0, 1 and 2 (x, y, z).")
+    if image.GetDimension() != 3 or not np.allclose(image.GetDirection(), np.eye(3).ravel()):
+        raise ValueError(f"world_plane() needs a 3-D image with identity direction; got dimension "
+                         f"{image.GetDimension()} and direction {image.GetDirection()}. Reorient it "
+                         "with reorient(), whose RAS/MICe and PIR/CCFv3 images have identity direction.")
+    origin, spacing, size = image.GetOrigin(), image.GetSpacing(), image.GetSize()
+    index = int(round((value - origin[axis]) / spacing[axis]))
+    if not 0 <= index < size[axis]:
+        low, high = origin[axis], origin[axis] + spacing[axis] * (size[axis] - 1)
+        raise ValueError(f"World coordinate {value} mm along axis {axis} is outside the image "
+                         f"({low:g} to {high:g} mm): pick a value in that range.")
+    cut = [slice(None)] * 3
+    cut[2 - axis] = index  # numpy axes are (z, y, x)
+    plane = sitk.GetArrayViewFromImage(image)[tuple(cut)]
+    rest = [a for a in (0, 1, 2) if a != axis]  # plane rows follow rest[1], columns rest[0]
+    if horizontal_axis != rest[0]:
+        plane, rest = plane.T, rest[::-1]
+    low = [origin[a] - spacing[a] / 2 for a in rest]
+    high = [origin[a] + spacing[a] * (size[a] - 0.5) for a in rest]
+    return np.where(plane < 0, np.nan, plane), (low[0], high[0], low[1], high[1])
 
 # -- writing ------------------------------------------------------------------------------------------
 def _extension(path: Path) -> str:
