@@ -23,6 +23,7 @@ from .ish import (
     read_grid,
     read_volume,
     reorient,
+    world_plane,
     write_volume,
 )
 from .manifest import (
@@ -89,5 +90,6 @@ __all__ = [
     "read_grid",
     "read_volume",
     "reorient",
+    "world_plane",
     "write_volume",
 ]
