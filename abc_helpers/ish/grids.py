@@ -213,7 +213,11 @@ def download_grids(
             if process is not None and process_executor is not None:
                 # Queue the conversion and return: this thread goes on downloading.
                 future = process_executor.submit(process, ids[i], path)
-                future.add_done_callback(lambda f, i=i, path=path: finish(i, f.exception(), path))
+
+                def done(f: Future, i: int = i, path: Path = path) -> None:
+                    finish(i, f.exception(), path)
+
+                future.add_done_callback(done)
                 with lock:
                     pending.append(future)
                 return
@@ -225,7 +229,8 @@ def download_grids(
         finish(i, None, path)
 
     own = executor is None
-    pool = ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(ids) or 1))) if own else executor
+    pool: Executor = (ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(ids) or 1)))
+                      if executor is None else executor)
     try:
         for future in [pool.submit(job, i) for i in range(len(ids))]:
             future.result()
@@ -257,11 +262,17 @@ try:  # python-isal inflates a grid 2-4x faster than zlib (measured here); optio
     from isal.isal_zlib import decompress as _inflate
     from isal.isal_zlib import error as _isal_error
 
-    _INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, _isal_error)
+    # isal's stub declares `error` as an instance, but it is the exception class
+    _INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, _isal_error)  # type: ignore[assignment]
 except ImportError:  # pragma: no cover - depends on the environment
     from zlib import decompress as _inflate
 
     _INFLATE_ERRORS = (zlib.error,)
+
+
+#: A zip local file header (APPNOTE 4.3.7): 30 bytes starting with this signature.
+_LOCAL_HEADER_SIZE = 30
+_LOCAL_HEADER_SIGNATURE = b"PK\x03\x04"
 
 
 def _read_member(zf: zipfile.ZipFile, name: str) -> bytes:
@@ -270,13 +281,15 @@ def _read_member(zf: zipfile.ZipFile, name: str) -> bytes:
     if info.compress_type not in (zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED) or info.flag_bits & 0x1:
         return zf.read(name)
     fp = zf.fp
+    if fp is None:
+        raise ValueError(f"The zip '{zf.filename}' is closed: read its members inside its with block.")
     fp.seek(info.header_offset)
-    header = fp.read(zipfile.sizeFileHeader)
-    if len(header) != zipfile.sizeFileHeader or header[:4] != zipfile.stringFileHeader:
+    header = fp.read(_LOCAL_HEADER_SIZE)
+    if len(header) != _LOCAL_HEADER_SIZE or header[:4] != _LOCAL_HEADER_SIGNATURE:
         raise zipfile.BadZipFile(f"Bad local header of '{name}' in '{zf.filename}': the zip is corrupt; "
                                  "delete it and download it again.")
     name_len, extra_len = struct.unpack("<HH", header[26:30])
-    fp.seek(info.header_offset + zipfile.sizeFileHeader + name_len + extra_len)
+    fp.seek(info.header_offset + _LOCAL_HEADER_SIZE + name_len + extra_len)
     data = fp.read(info.compress_size)
     if info.compress_type == zipfile.ZIP_DEFLATED:
         # One byte more than needed: a full output buffer would be grown (and its pages faulted in) again.

@@ -222,7 +222,7 @@ def world_plane(image, axis: int, value: float,
                          f"{image.GetDimension()} and direction {image.GetDirection()}. Reorient it "
                          "with reorient(), whose RAS/MICe and PIR/CCFv3 images have identity direction.")
     origin, spacing, size = image.GetOrigin(), image.GetSpacing(), image.GetSize()
-    index = int(round((value - origin[axis]) / spacing[axis]))
+    index = round((value - origin[axis]) / spacing[axis])
     if not 0 <= index < size[axis]:
         low, high = origin[axis], origin[axis] + spacing[axis] * (size[axis] - 1)
         raise ValueError(f"World coordinate {value} mm along axis {axis} is outside the image "
