@@ -260,13 +260,14 @@ def _read_csc(x, cols, rows_out, out, tables=None) -> None:
             a, b = (int(v) for v in slices[j])
             if b == a:
                 continue
-            if None in raw:
+            raw_indices, raw_data = raw
+            if raw_indices is None or raw_data is None:  # compressed or chunked: through h5py
                 rows, vals = x["indices"][a:b], x["data"][a:b]
             else:
-                rows = np.empty(b - a, dtype=raw[0].dtype)
-                vals = np.empty(b - a, dtype=raw[1].dtype)
-                raw[0].read(a, b, rows)
-                raw[1].read(a, b, vals)
+                rows = np.empty(b - a, dtype=raw_indices.dtype)
+                vals = np.empty(b - a, dtype=raw_data.dtype)
+                raw_indices.read(a, b, rows)
+                raw_data.read(a, b, vals)
             column = out[:, j]
             if rows_out is None:
                 column[rows] = vals
@@ -365,7 +366,7 @@ def extract_task(path: str, labels: Sequence[str] | pd.Index | None, genes: Sequ
     with h5py.File(path, "r") as f:
         tables = index_tables(f)  # None unless a gene index
         layout = matrix_layout(f) if tables is None else tables.layout(f)
-        if layout.encoding == "csr_matrix" and (want_all or len(labels) == layout.shape[0]):
+        if layout.encoding == "csr_matrix" and (labels is None or len(labels) == layout.shape[0]):
             obs, cols, out = _stream_whole(f, layout, genes, tables, block_nnz, progress)
             rows_in = None if want_all else _row_map(obs, labels, path)
             if rows_in is not None:
@@ -375,7 +376,7 @@ def extract_task(path: str, labels: Sequence[str] | pd.Index | None, genes: Sequ
             missing_cells = 0 if rows_in is None else int((rows_in < 0).sum())
         else:
             rows_in, obs = _file_rows(f, labels, path, tables)
-            n_out = layout.shape[0] if want_all else len(labels)
+            n_out = layout.shape[0] if labels is None else len(labels)
             rows_out = None
             if rows_in is not None:
                 rows_out = np.full(layout.shape[0], -1, dtype=np.int64)
@@ -455,19 +456,20 @@ def extract_genes_from_h5ad(
         If the file's cell labels are not unique or ``X`` is not a matrix anndata writes.
     """
     genes = [genes] if isinstance(genes, str) else list(genes)
-    bar = None
+    total = None
     if progressbar:
         import h5py
 
         with h5py.File(path, "r") as f:
             total = matrix_layout(f).shape[0]
-        bar = tqdm(total=total, unit="row", unit_scale=True, desc=Path(path).name)
-    try:
+    with tqdm(total=total, unit="row", unit_scale=True, desc=Path(path).name,
+              disable=not progressbar) as bar:
+
+        def advance(rows: int) -> None:
+            bar.update(rows)
+
         result = extract_task(str(path), cell_labels, genes, block_nnz,
-                               bar.update if bar is not None else None)
-    finally:
-        if bar is not None:
-            bar.close()
+                              advance if progressbar else None)
     if result["missing_genes"]:
         msg = (f"Genes {result['missing_genes']} are not in '{path}': give var index values "
                "(e.g. Ensembl ids) or values of its var 'gene_symbol' column.")
