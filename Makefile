@@ -51,5 +51,5 @@ $(ALLENSDK_VENV)/.installed:
 	touch $@
 
 fidelity: $(STAMP) $(ALLENSDK_VENV)/.installed
-	$(PY) -m pytest tests/test_fidelity_allensdk.py -q -p no:cacheprovider
+	$(PY) -m pytest tests/fidelity/test_fidelity_allensdk.py -q -p no:cacheprovider
 .PHONY: fidelity
