@@ -214,13 +214,16 @@ class Catalog:
             buckets[entry.name] = Bucket(entry.name, versions)
         return buckets
 
-    def _mirror_lookup(self, mirror: Path, bucket: Bucket, key: str) -> list[ServedVersion] | None:
+    def _mirror_lookup(self, bucket: Bucket, key: str) -> list[ServedVersion] | None:
         """Find (or re-check) a mirror file at request time; files may come and go."""
+        if self.mirror is None:
+            raise ValueError("Catalog._mirror_lookup() looks in a mirror folder; this catalog "
+                             "serves a world index (mirror=None).")
         parts = key.split("/")
         if any(p in ("", ".", "..") for p in parts) or is_hidden(parts[0], True) \
                 or any(is_hidden(p, False) for p in parts):
             return None
-        path = mirror / bucket.name / key
+        path = self.mirror / bucket.name / key
         try:
             st = path.stat()
         except OSError:
@@ -305,7 +308,7 @@ class Catalog:
             In mirror mode the file is looked at again, so files may come and go.
         """
         if self.mirror is not None:
-            return self._mirror_lookup(self.mirror, bucket, key)
+            return self._mirror_lookup(bucket, key)
         return bucket.versions.get(key)
 
     def etag(self, version: ServedVersion) -> str:
