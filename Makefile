@@ -28,6 +28,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check abc_helpers tests bench book tools
+	$(VENV)/bin/mypy
 
 ## Re-execute the notebooks in place (their stored outputs are what readers and nbval see).
 notebooks: $(STAMP)
