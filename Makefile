@@ -28,6 +28,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check abc_helpers tests bench book tools
+	$(VENV)/bin/mypy
 
 ## Re-execute the notebooks in place (their stored outputs are what readers and nbval see).
 notebooks: $(STAMP)
@@ -51,5 +52,5 @@ $(ALLENSDK_VENV)/.installed:
 	touch $@
 
 fidelity: $(STAMP) $(ALLENSDK_VENV)/.installed
-	$(PY) -m pytest tests/test_fidelity_allensdk.py -q -p no:cacheprovider
+	$(PY) -m pytest tests/fidelity/test_fidelity_allensdk.py -q -p no:cacheprovider
 .PHONY: fidelity

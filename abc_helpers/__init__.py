@@ -30,6 +30,7 @@ from .ish import (
     read_grid,
     read_volume,
     reorient,
+    world_plane,
     write_volume,
 )
 from .manifest import (
@@ -108,6 +109,7 @@ __all__ = [
     "received_bytes",
     "reorient",
     "served_indexes",
+    "world_plane",
     "write_catalog",
     "write_volume",
 ]

@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -42,6 +43,8 @@ __all__ = ["AbcProjectCache", "LargeDataSizeWarning", "OutdatedManifestWarning",
            "ReadOnlyLocalCacheWarning"]
 
 MANIFEST_PREFIX = "releases/"
+#: Finished downloads recorded at once, when a directory is downloaded.
+RECORD_BATCH = 32
 _MANIFEST_RE = re.compile(r"^releases/(\d{8})/manifest\.json$")
 
 
@@ -398,9 +401,23 @@ class AbcProjectCache:
                      desc=a.file_name, progressbar=show)
             self._record([a], skip_hash_check)
         else:
-            download_many([job(a) for a in todo], max_workers=self.max_workers, desc=desc,
-                          progressbar=show,
-                          on_done=lambda _job, p: self._record([by_path[p]], skip_hash_check))
+            # Record finished files in batches (the record is one JSON file, rewritten each time),
+            # and whatever is finished when a failure stops the others.
+            done: list[FileAttributes] = []
+            last = [time.monotonic()]
+
+            def finished(_job: DownloadJob, path: Path) -> None:
+                done.append(by_path[path])
+                if len(done) >= RECORD_BATCH or time.monotonic() - last[0] > 1.0:
+                    self._record(done, skip_hash_check)
+                    done.clear()
+                    last[0] = time.monotonic()
+
+            try:
+                download_many([job(a) for a in todo], max_workers=self.max_workers, desc=desc,
+                              progressbar=show, on_done=finished)
+            finally:
+                self._record(done, skip_hash_check)
         return paths
 
     # -- files -----------------------------------------------------------------------------------

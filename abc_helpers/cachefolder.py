@@ -385,7 +385,7 @@ class CacheFolder:
         """
         if self.read_only or not files:
             return
-        sizes = {rel: self.path(rel).stat().st_size for rel in files}
+        sizes = {rel: (self.root / rel).stat().st_size for rel in files}  # paths made by path()
         with file_lock(self.record_path):
             record = self.read_record()
             for rel, digest in files.items():

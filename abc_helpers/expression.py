@@ -272,13 +272,14 @@ def _read_csc(x, cols, rows_out, out, tables=None) -> None:
             a, b = (int(v) for v in slices[j])
             if b == a:
                 continue
-            if None in raw:
+            raw_indices, raw_data = raw
+            if raw_indices is None or raw_data is None:  # compressed or chunked: through h5py
                 rows, vals = x["indices"][a:b], x["data"][a:b]
             else:
-                rows = np.empty(b - a, dtype=raw[0].dtype)
-                vals = np.empty(b - a, dtype=raw[1].dtype)
-                raw[0].read(a, b, rows)
-                raw[1].read(a, b, vals)
+                rows = np.empty(b - a, dtype=raw_indices.dtype)
+                vals = np.empty(b - a, dtype=raw_data.dtype)
+                raw_indices.read(a, b, rows)
+                raw_data.read(a, b, vals)
             column = out[:, j]
             if rows_out is None:
                 column[rows] = vals
@@ -377,7 +378,7 @@ def extract_task(path: str, labels: Sequence[str] | pd.Index | None, genes: Sequ
     with h5py.File(path, "r") as f:
         tables = index_tables(f)  # None unless a gene index
         layout = matrix_layout(f) if tables is None else tables.layout(f)
-        if layout.encoding == "csr_matrix" and (want_all or len(labels) == layout.shape[0]):
+        if layout.encoding == "csr_matrix" and (labels is None or len(labels) == layout.shape[0]):
             obs, cols, out = _stream_whole(f, layout, genes, tables, block_nnz, progress)
             rows_in = None if want_all else _row_map(obs, labels, path)
             if rows_in is not None:
@@ -387,7 +388,7 @@ def extract_task(path: str, labels: Sequence[str] | pd.Index | None, genes: Sequ
             missing_cells = 0 if rows_in is None else int((rows_in < 0).sum())
         else:
             rows_in, obs = _file_rows(f, labels, path, tables)
-            n_out = layout.shape[0] if want_all else len(labels)
+            n_out = layout.shape[0] if labels is None else len(labels)
             rows_out = None
             if rows_in is not None:
                 rows_out = np.full(layout.shape[0], -1, dtype=np.int64)
@@ -467,19 +468,20 @@ def extract_genes_from_h5ad(
         If the file's cell labels are not unique or ``X`` is not a matrix anndata writes.
     """
     genes = [genes] if isinstance(genes, str) else list(genes)
-    bar = None
+    total = None
     if progressbar:
         import h5py
 
         with h5py.File(path, "r") as f:
             total = matrix_layout(f).shape[0]
-        bar = tqdm(total=total, unit="row", unit_scale=True, desc=Path(path).name)
-    try:
+    with tqdm(total=total, unit="row", unit_scale=True, desc=Path(path).name,
+              disable=not progressbar) as bar:
+
+        def advance(rows: int) -> None:
+            bar.update(rows)
+
         result = extract_task(str(path), cell_labels, genes, block_nnz,
-                               bar.update if bar is not None else None)
-    finally:
-        if bar is not None:
-            bar.close()
+                              advance if progressbar else None)
     if result["missing_genes"]:
         msg = (f"Genes {result['missing_genes']} are not in '{path}': give var index values "
                "(e.g. Ensembl ids) or values of its var 'gene_symbol' column.")
@@ -681,7 +683,7 @@ def get_gene_data(
     jobs: list[tuple[str, str, np.ndarray]] = []
     not_in_release: dict[str, int] = {}
     for key, positions in groups.items():
-        directory, matrix = key  # type: ignore[misc]
+        directory, matrix = key
         if pd.isna(directory) or pd.isna(matrix):
             not_in_release["(no feature_matrix_label)"] = len(positions)
             continue
@@ -758,9 +760,12 @@ def get_gene_data(
             remote = served.get(name) if name not in local else None
             if isinstance(remote, ServedIndex):
                 args: tuple = (remote, labels, gene_ids, order_sha256, gene_positions)
-                if executor is None and remote_pool is None:  # network-bound: a few at once
-                    remote_pool = ThreadPoolExecutor(REMOTE_MATRICES_AT_ONCE)
-                futures[(executor or remote_pool).submit(remote_extract_task, *args)] = job
+                if executor is not None:
+                    runner: Executor = executor
+                else:  # network-bound: a few matrices at once
+                    remote_pool = remote_pool or ThreadPoolExecutor(REMOTE_MATRICES_AT_ONCE)
+                    runner = remote_pool
+                futures[runner.submit(remote_extract_task, *args)] = job
                 continue
             path = local.get(name) or abc_cache.get_data_path(directory, file_name,
                                                               progressbar=progressbar)

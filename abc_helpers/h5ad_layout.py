@@ -118,7 +118,11 @@ def matrix_layout(h5file) -> MatrixLayout:
 
     x = h5file["X"]
     if isinstance(x, h5py.Dataset):
-        return MatrixLayout("array", tuple(int(n) for n in x.shape))
+        if x.ndim != 2:
+            msg = (f"X in '{h5file.filename}' is a dense array of shape {x.shape}: an h5ad matrix "
+                   "has two axes (cells, genes); rewrite the file with anndata.")
+            raise ValueError(msg)
+        return MatrixLayout("array", (int(x.shape[0]), int(x.shape[1])))
     encoding = x.attrs.get("encoding-type", x.attrs.get("h5sparse_format", ""))
     if isinstance(encoding, bytes):
         encoding = encoding.decode()
@@ -218,7 +222,7 @@ class RawReader:
     def read(self, start: int, stop: int, out: np.ndarray) -> None:
         """Read elements ``[start, stop)`` into ``out[: stop - start]``."""
         size = self.dtype.itemsize
-        view = memoryview(out[: stop - start].view(np.uint8))
+        view = out[: stop - start].view(np.uint8).data
         if self._chunk is None:
             self._read_exact(view, int(self._pieces[0]) + start * size)
             return
@@ -277,13 +281,13 @@ class BlockReader:
         biggest = max(int(indptr[b] - indptr[a]) for a, b in bounds)
         self._buffers = [(np.empty(biggest, dtype=indices.dtype),
                           np.empty(biggest, dtype=data.dtype)) for _ in range(2)]
-        raw = [RawReader.open(indices), RawReader.open(data)]
-        if None in raw:
-            for reader in raw:
+        index_reader, data_reader = RawReader.open(indices), RawReader.open(data)
+        if index_reader is None or data_reader is None:
+            for reader in (index_reader, data_reader):
                 if reader is not None:
                     reader.close()
             return
-        self._raw = raw
+        self._raw = [index_reader, data_reader]
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="abc_helpers-read")
         self._pending = self._pool.submit(self._load, 0)
 

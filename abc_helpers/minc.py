@@ -48,7 +48,7 @@ def _set_attrs(obj, attrs: dict) -> None:
 
 @lru_cache(maxsize=32)
 def _template(shape: tuple[int, int, int], dtype: str, starts: tuple, steps: tuple, cosines: tuple
-              ) -> tuple[bytes, bytes, int, tuple[int, int, int, int]]:
+              ) -> tuple[bytes, bytes, int, tuple[int, ...]]:
     """Build the MINC2 file of one geometry with zero voxels: (head, tail, data offset, patch positions)."""
     import h5py
 
@@ -145,9 +145,9 @@ def write_minc(path: str | os.PathLike, data: np.ndarray, starts, steps, cosines
     key = (tuple(data.shape), data.dtype.str, tuple(float(s) for s in starts), tuple(float(s) for s in steps),
            tuple(tuple(float(v) for v in c) for c in cosines))
     with _template_lock:
-        head, tail, offset, positions = _template(*key)
+        template_head, template_tail, offset, positions = _template(*key)
     low, high = float(data.min()), float(data.max())
-    head, tail = bytearray(head), bytearray(tail)
+    head, tail = bytearray(template_head), bytearray(template_tail)
     for position, value in zip(positions, (low, high, low, high), strict=True):
         if position < offset:
             struct.pack_into("<d", head, position, value)
@@ -155,7 +155,7 @@ def write_minc(path: str | os.PathLike, data: np.ndarray, starts, steps, cosines
             struct.pack_into("<d", tail, position - offset - data.nbytes, value)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        parts = [memoryview(head), memoryview(data).cast("B"), memoryview(tail)]
+        parts = [memoryview(head), data.data.cast("B"), memoryview(tail)]
         total = sum(len(p) for p in parts)
         written = os.writev(fd, parts)
         while written < total:  # a short write: finish it piece by piece

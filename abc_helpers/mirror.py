@@ -114,8 +114,8 @@ def _names(values: str | Sequence[str | int] | None) -> list[str] | None:
         return None
     if isinstance(values, str):
         values = [values]
-    values = [str(v) for v in values]
-    return None if values == ["all"] else values
+    names = [str(v) for v in values]
+    return None if names == ["all"] else names
 
 
 # -- the Allen Brain Cell Atlas ------------------------------------------------------------------
@@ -186,7 +186,8 @@ def fill_abc(
         paths.append(cache.cache_dir / name)
         directories = cache.list_directories
         for kind, has in (("metadata", cache.list_metadata_files), ("data", cache.list_data_files)):
-            chosen = directories if wanted[kind] is None else [d for d in wanted[kind] if d in directories]
+            wanted_here = wanted[kind]
+            chosen = directories if wanted_here is None else [d for d in wanted_here if d in directories]
             for directory in chosen:
                 try:
                     files = has(directory)

@@ -48,10 +48,10 @@ STACK_N = 4345
 def build_world(n_extra: int) -> Path:
     """A sample world (Allen API only) with *n_extra* more coronal experiments, built once."""
     from abc_helpers.sample import amba
-    from abc_helpers.sample.build import _fingerprint
+    from abc_helpers.sample.build import world_fingerprint
     from abc_helpers.sample.world import WorldWriter
 
-    root = CACHE / f"world-{n_extra}-{_fingerprint()}"
+    root = CACHE / f"world-{n_extra}-{world_fingerprint()}"
     if (root / "READY").exists():
         return root
     tmp = root.with_name(root.name + ".building")

@@ -39,7 +39,8 @@ QUICK_SCALE = {"n_sessions": 16, "n_abnormal": 5, "n_probes": 92, "n_units": 31_
 def build_bench_world(data_dir: Path, quick: bool) -> tuple[Path, dict]:
     """Generate (once, cached by scale and generator source) a world holding only the five tables."""
     from abc_helpers.sample import vbn
-    from abc_helpers.sample.world import VBN_BUCKET, WorldWriter
+    from abc_helpers.sample.world import WorldWriter
+    from abc_helpers.sources import VBN_BUCKET
 
     scale = vbn.VbnScale(**QUICK_SCALE) if quick else vbn.FULL_SCALE
     code = hashlib.sha256(Path(vbn.__file__).read_bytes()).hexdigest()[:12]
@@ -56,7 +57,7 @@ def build_bench_world(data_dir: Path, quick: bool) -> tuple[Path, dict]:
             data = vbn.csv_bytes(tables[name])
             obj = writer.put_bytes(VBN_BUCKET, vbn.relative_key("metadata", name), data)
             hashes[obj.md5] = vbn.blake2b_hex(data)
-        writer.put_bytes(VBN_BUCKET, vbn.manifest_key("0.1.0"), vbn._manifest(writer, "0.1.0", {}, hashes))
+        writer.put_bytes(VBN_BUCKET, vbn.manifest_key("0.1.0"), vbn.manifest_bytes(writer, "0.1.0", {}, hashes))
     (tmp / "WORLD.json").write_text(json.dumps({"synthetic": True, "bench": "neuropixels_tables",
                                                 "scale": asdict(scale)}))
     if root.exists():
@@ -85,18 +86,11 @@ def _worker(method: str, source: str, cache_dir: Path) -> dict:
         out["seconds"] = time.perf_counter() - t0
         out["rows"] = len(df)
     elif method == "eager_startup":
-        from abc_helpers.transfer import download
-
         t0 = time.perf_counter()
         cache = VbnProjectCache.from_s3_cache(cache_dir, source=source, progressbar=False)
-        manifest = cache._manifest
         tables = {}
-        for name, entry in manifest["metadata_files"].items():
-            path = cache_dir / cache._local_rel(entry)
-            url = cache.source.object_url(cache.BUCKET_NAME, entry["url"].split(".com/", 1)[1],
-                                          version_id=entry["version_id"])
-            download(url, path, known_hash=f"blake2b:{entry['file_hash']}", progressbar=False)
-            df = pd.read_csv(path)
+        for name in cache.manifest["metadata_files"]:  # the SDK downloads and reads all at start
+            df = pd.read_csv(cache.get_metadata_path(name))
             if name in ("ecephys_sessions", "behavior_sessions"):
                 for col in INTEGER_COLUMNS:
                     if col in df.columns:

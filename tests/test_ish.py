@@ -204,6 +204,46 @@ def test_reorient_matches_the_seed_rotations(unique_zip):
         ish.reorient(ish.read_grid(unique_zip), "RAS", "stereotaxic")
 
 
+
+@pytest.mark.parametrize(("axis", "horizontal"), [(a, h) for a in range(3) for h in range(3) if a != h])
+def test_world_plane_cuts_at_the_world_point(axis, horizontal):
+    """world_plane: the voxels of the plane nearest a world coordinate, oriented for imshow, with edges in mm."""
+    size, origin, spacing = (4, 3, 5), (1.0, -2.0, 0.5), (0.2, 0.5, 1.0)
+    z, y, x = np.meshgrid(*(np.arange(n) for n in size[::-1]), indexing="ij")
+    values = (100 * x + 10 * y + z).astype(np.float32)
+    values[2, 2, 2] = -1  # no data, in every plane cut below
+    image = sitk.GetImageFromArray(values)
+    image.SetOrigin(origin)
+    image.SetSpacing(spacing)
+    vertical = 3 - axis - horizontal
+    fixed = 2
+    value = origin[axis] + fixed * spacing[axis] + 0.3 * spacing[axis]  # nearest voxel: index 2
+    plane, extent = ish.world_plane(image, axis, value, horizontal)
+    assert plane.shape == (size[vertical], size[horizontal])
+    for r in range(size[vertical]):
+        for c in range(size[horizontal]):
+            index = [0, 0, 0]
+            index[axis], index[horizontal], index[vertical] = fixed, c, r
+            expected = image[index]
+            if expected < 0:
+                assert np.isnan(plane[r, c])
+            else:
+                assert plane[r, c] == expected, (r, c, index)
+    assert np.isnan(plane).sum() == 1
+    first = image.TransformIndexToPhysicalPoint((0, 0, 0))
+    last = image.TransformIndexToPhysicalPoint(tuple(n - 1 for n in size))
+    assert extent == pytest.approx((first[horizontal] - spacing[horizontal] / 2,
+                                    last[horizontal] + spacing[horizontal] / 2,
+                                    first[vertical] - spacing[vertical] / 2,
+                                    last[vertical] + spacing[vertical] / 2))
+    with pytest.raises(ValueError, match="outside the image"):
+        ish.world_plane(image, axis, origin[axis] + size[axis] * spacing[axis], horizontal)
+    with pytest.raises(ValueError, match="two different world axes"):
+        ish.world_plane(image, axis, value, axis)
+    image.SetDirection((0, 1, 0, 1, 0, 0, 0, 0, 1))
+    with pytest.raises(ValueError, match="identity direction"):
+        ish.world_plane(image, axis, value, horizontal)
+
 # -- write and read back --------------------------------------------------------------------------
 @pytest.mark.parametrize(("orientation", "world_space"), CASES)
 @pytest.mark.parametrize("ext", [".mnc", ".nii.gz", ".nrrd", ".mha"])
@@ -279,7 +319,7 @@ def test_minc_writer_is_thread_safe(tmp_path):
     base = np.arange(58 * 41 * 67, dtype=np.float32).reshape(58, 41, 67)
 
     def write(i):
-        data = ish._pir_to_ras(base + i) if i % 2 else np.ascontiguousarray(ish._pir_to_ras(base - i))
+        data = ish.pir_to_ras(base + i) if i % 2 else np.ascontiguousarray(ish.pir_to_ras(base - i))
         return minc.write_minc(tmp_path / f"{i}.mnc", data, *geometry), data
 
     with ThreadPoolExecutor(4) as pool:

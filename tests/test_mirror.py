@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from test_parameters import chapter, run_chapter, stored, text_of
+from support.notebooks import chapter, run_chapter, stored, text_of
 
 from abc_helpers import AbcProjectCache, OutdatedManifestWarning
 from abc_helpers.mirror import fill_mirror

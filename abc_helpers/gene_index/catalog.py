@@ -223,7 +223,7 @@ def describe_gene_index(index: str | Path, relative_path: str) -> dict[str, Any]
     }
     for kind, data in (("gene_table", table.tobytes()), ("labels", labels), ("var", var_text)):
         entry[kind] = {"relative_path": sidecar_path(relative_path, kind),
-                       **_write_bytes(sidecar_path(index, kind), data)}
+                       **_write_bytes(Path(sidecar_path(index, kind)), data)}
     entry["labels"]["count"] = int(info["shape"][0])
     entry["var"]["identifiers_sha256"] = identifiers_sha256(identifiers)
     return entry

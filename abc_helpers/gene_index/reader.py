@@ -445,7 +445,8 @@ class IndexTables:
         memory yet. The comparisons are in place (``startswith``: no copies). False as soon as a
         piece differs, or if a label is not an ASCII ``str``.
         """
-        text = self._pieces.get("text")
+        cached = self._pieces.get("text")
+        text = cached if isinstance(cached, bytes) else None  # set by text(), read below
         raw = None
         if text is None:
             ds = h5file[LABELS_BLOB]
@@ -470,14 +471,17 @@ class IndexTables:
                 end = pos + len(encoded)
                 if end > size:
                     return False
-                if raw is None:
+                if text is not None:
                     same = text.startswith(encoded, pos) and (end == size or text[end] == 10)
-                else:
+                elif raw is not None:
                     stop = min(end + 1, size)  # with the newline that must follow
                     if len(buffer) < stop - pos:
                         buffer = bytearray(max(stop - pos, 2 * len(buffer)))
                     raw.read(pos, stop, np.frombuffer(buffer, dtype=np.uint8))
                     same = buffer.startswith(encoded) and (end == size or buffer[end - pos] == 10)
+                else:  # cannot happen: the labels are either in memory or read straight from the file
+                    raise RuntimeError("same_labels() has neither the label text nor a raw reader "
+                                       f"of '{LABELS_BLOB}'; this is a bug in abc_helpers.")
                 if not same:
                     return False
                 pos = end + 1

@@ -235,7 +235,7 @@ def _columns(index: ServedIndex, gene_ids: Sequence[str], order_sha256: str | No
     if positions is not None and order_sha256 == index.entry["var"]["identifiers_sha256"]:
         return np.asarray(positions, dtype=np.int64)
     text = _sidecar(index, "var").read_text(encoding="utf-8")
-    column = {}
+    column: dict[str, int] = {}
     for i, line in enumerate(text.splitlines()):
         identifier, _, symbol = line.partition("\t")
         column.setdefault(identifier, i)
@@ -379,12 +379,12 @@ def remote_extract_task(index: ServedIndex, labels: Sequence[str] | pd.Index | N
         rows_out = None
         n_out = n_obs
     else:
-        labels = pd.Index(labels)
-        n_out = len(labels)
-        if labels.equals(obs):
+        wanted = pd.Index(labels)
+        n_out = len(wanted)
+        if wanted.equals(obs):
             rows_out = None
         else:
-            rows_in = obs.get_indexer(labels)
+            rows_in = obs.get_indexer(wanted)
             rows_out = np.full(n_obs, -1, dtype=np.int64)
             found = rows_in >= 0
             rows_out[rows_in[found]] = np.flatnonzero(found)

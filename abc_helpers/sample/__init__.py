@@ -58,11 +58,12 @@ def start(
     SampleServer
         A running server with ``.url`` (e.g. ``'http://127.0.0.1:38211'``) and ``.stop()``.
     """
-    if mirror is None and root is None:
-        root = build_world()
-    elif mirror is None and not (Path(root) / "s3-index").is_dir():
-        raise FileNotFoundError(f"'{root}' is not a built sample world (it has no s3-index/): "
-                                "build one with abc_helpers.sample.build_world(root).")
+    if mirror is None:
+        if root is None:
+            root = build_world()
+        elif not (Path(root) / "s3-index").is_dir():
+            raise FileNotFoundError(f"'{root}' is not a built sample world (it has no s3-index/): "
+                                    "build one with abc_helpers.sample.build_world(root).")
     server = SampleServer(root=root, host=host, port=port, faults=faults, mirror=mirror)
     server.start()
     return server

@@ -233,7 +233,10 @@ class _World:
         cells = self.cell_metadata("20231215")
         cl = self.taxonomy.clusters
         cls = cells["cluster_alias"].map(cl["class_number"])
-        groups, members, reductions, files = [], [], [], {}
+        groups: list[dict[str, object]] = []
+        members: list[dict[str, object]] = []
+        reductions: list[dict[str, object]] = []
+        files: dict[str, bytes] = {}
         pivot = pd.DataFrame({"cluster_alias": cl.index.sort_values()})
         for n, (name, classes) in enumerate(NEIGHBORHOODS.items(), start=1):
             label = f"CCN20230722_CLGRP_{n:02d}"

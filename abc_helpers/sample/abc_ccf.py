@@ -170,28 +170,29 @@ def parcellation_tables(tree: pd.DataFrame, annotation: np.ndarray) -> dict[str,
     counts = np.bincount(annotation.ravel(), minlength=int(indices.max()) + 1)
     by_id = tree.set_index("id")
     levels = ("organ", "category", "division", "structure", "substructure")
-    rows = []
+
+    def term_of(sid: int) -> tuple[str, str, str]:
+        return (by_id.at[sid, "acronym"], by_id.at[sid, "name"], by_id.at[sid, "color_hex_triplet"])
+
+    # one row per parcellation: its index and its (acronym, name, colour) at each level
+    rows: list[tuple[int, dict[str, tuple[str, str, str]]]] = []
     for idx in indices:
         if idx == 0:
-            rows.append(dict.fromkeys(levels, ("unassigned", "unassigned", "000000")) | {"index": 0})
+            rows.append((0, dict.fromkeys(levels, ("unassigned", "unassigned", "000000"))))
             continue
         node = tree.iloc[int(idx)]
         path = [int(p) for p in node["structure_id_path"].strip("/").split("/")]
-
-        def term(sid):
-            return (by_id.at[sid, "acronym"], by_id.at[sid, "name"], by_id.at[sid, "color_hex_triplet"])
-
         category = next(s for s in path if s in _CATEGORIES)
         division = next((s for s in reversed(path) if s in _DIVISIONS), category)
-        rows.append({"organ": ("brain", "brain", "FFFFFF"), "category": term(category),
-                     "division": term(division), "structure": term(int(node["id"])),
-                     "substructure": term(int(node["id"])), "index": int(idx)})
+        rows.append((int(idx), {"organ": ("brain", "brain", "FFFFFF"), "category": term_of(category),
+                                "division": term_of(division), "structure": term_of(int(node["id"])),
+                                "substructure": term_of(int(node["id"]))}))
     voxel_mm3 = SPACING_MM ** 3
     parcellation = pd.DataFrame({
-        "label": [f"AllenCCF-2020-{r['index']:04d}" for r in rows],
-        "parcellation_index": [r["index"] for r in rows],
-        "voxel_count": [int(counts[r["index"]]) for r in rows],
-        "volume_mm3": [round(int(counts[r["index"]]) * voxel_mm3, 6) for r in rows],
+        "label": [f"AllenCCF-2020-{index:04d}" for index, _ in rows],
+        "parcellation_index": [index for index, _ in rows],
+        "voxel_count": [int(counts[index]) for index, _ in rows],
+        "volume_mm3": [round(int(counts[index]) * voxel_mm3, 6) for index, _ in rows],
     })
     term_set = pd.DataFrame({
         "label": [f"CCF2020_{lv}" for lv in levels], "name": list(levels),
@@ -199,32 +200,32 @@ def parcellation_tables(tree: pd.DataFrame, annotation: np.ndarray) -> dict[str,
                         for lv in levels],
         "order": range(len(levels)), "parcellation_terminology_label": "CCF2020",
     })
-    terms = {}
+    terms: dict[tuple[str, str], dict[str, object]] = {}
     for lv_order, lv in enumerate(levels):
-        for r in rows:
-            acronym, name, color = r[lv]
+        for _, at_level in rows:
+            acronym, name, color = at_level[lv]
             key = (lv, acronym)
             if key not in terms:
-                parent = r[levels[lv_order - 1]][0] if lv_order else ""
+                parent = at_level[levels[lv_order - 1]][0] if lv_order else ""
                 terms[key] = {"label": f"CCF2020_{lv}_{acronym}", "name": name, "acronym": acronym,
                               "parcellation_term_set_label": f"CCF2020_{lv}",
                               "parent_term_label": f"CCF2020_{levels[lv_order - 1]}_{parent}" if parent else "",
                               "term_set_order": lv_order, "color_hex_triplet": f"#{color}"}
     term = pd.DataFrame(list(terms.values()))
     term["term_order"] = term.groupby("term_set_order").cumcount()
-    membership = []
-    for r in rows:
+    memberships: list[dict[str, object]] = []
+    for index, at_level in rows:
         for lv_order, lv in enumerate(levels):
-            acronym, name, color = r[lv]
-            membership.append({
-                "parcellation_label": f"AllenCCF-2020-{r['index']:04d}",
+            acronym, name, color = at_level[lv]
+            memberships.append({
+                "parcellation_label": f"AllenCCF-2020-{index:04d}",
                 "parcellation_term_label": f"CCF2020_{lv}_{acronym}",
                 "parcellation_term_set_label": f"CCF2020_{lv}",
-                "parcellation_index": r["index"], "parcellation_term_name": name,
+                "parcellation_index": index, "parcellation_term_name": name,
                 "parcellation_term_acronym": acronym, "parcellation_term_set_name": lv,
                 "term_set_order": lv_order, "color_hex_triplet": f"#{color}",
             })
-    membership = pd.DataFrame(membership)
+    membership = pd.DataFrame(memberships)
     tables = {
         "parcellation.csv": parcellation,
         "parcellation_term.csv": term,
@@ -241,9 +242,9 @@ def parcellation_tables(tree: pd.DataFrame, annotation: np.ndarray) -> dict[str,
     with_counts["volume_mm3"] = (with_counts["voxel_count"] * voxel_mm3).round(6)
     tables["views/parcellation_term_with_counts.csv"] = with_counts
     for field in ("acronym", "name", "color", "red", "green", "blue"):
-        view = pd.DataFrame({"parcellation_index": [r["index"] for r in rows]})
+        view = pd.DataFrame({"parcellation_index": [index for index, _ in rows]})
         for lv in levels:
-            acr_name_color = [r[lv] for r in rows]
+            acr_name_color = [at_level[lv] for _, at_level in rows]
             if field == "acronym":
                 view[lv] = [a for a, _, _ in acr_name_color]
             elif field == "name":

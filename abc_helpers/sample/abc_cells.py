@@ -284,9 +284,10 @@ def sample_counts(means: np.ndarray, rng: np.random.Generator) -> tuple[sp.csr_m
     log2 is log2(CPM + 1), the CPM computed against a per-cell library size that stands for the
     ~10,000 UMIs a real cell has over all 32k genes (the sample has only 1000 genes).
     """
-    size = rng.lognormal(0.0, 0.35, size=means.shape[0])
+    n_cells = len(means)
+    size = rng.lognormal(0.0, 0.35, size=n_cells)
     raw = rng.poisson(means * size[:, None]).astype(np.float32)
-    library = np.round(9000.0 * size * rng.lognormal(0.0, 0.1, size=means.shape[0])) + raw.sum(axis=1)
+    library = np.round(9000.0 * size * rng.lognormal(0.0, 0.1, size=n_cells)) + raw.sum(axis=1)
     raw_csr = sp.csr_matrix(raw)
     log2 = raw_csr.copy()
     row_of_value = np.repeat(np.arange(raw.shape[0]), np.diff(raw_csr.indptr))
@@ -297,8 +298,8 @@ def sample_counts(means: np.ndarray, rng: np.random.Generator) -> tuple[sp.csr_m
 # -- cells -------------------------------------------------------------------------------------
 def _barcodes(rng: np.random.Generator, n: int) -> list[str]:
     letters = np.array(list("ACGT"))
-    codes = set()
-    out = []
+    codes: set[str] = set()
+    out: list[str] = []
     while len(out) < n:
         code = "".join(letters[rng.integers(0, 4, size=16)])
         if code not in codes:

@@ -24,9 +24,11 @@ import io
 import json
 import re
 import zipfile
+from collections.abc import Callable
 from fnmatch import fnmatchcase
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl
 
 import numpy as np
@@ -49,7 +51,8 @@ ASSOCIATIONS = {
     "products": ("products", ("id", "abbreviation", "name"), True),
     "treatments": ("treatments", ("id", "name"), True),
 }
-TABLES = {"data_sets": None, **{table: assoc for assoc, (table, _, _) in ASSOCIATIONS.items()}}
+#: Table name in ``tabular`` -> its association; ``data_sets`` (the SectionDataSet itself) is the other table.
+TABLES = {table: assoc for assoc, (table, _, _) in ASSOCIATIONS.items()}
 OPERATORS = ("eq", "ne", "in", "li", "il", "gt", "lt", "ge", "le")
 DEFAULT_NUM_ROWS = 50
 GRID_VOLUMES = ("energy", "density", "intensity")
@@ -192,9 +195,21 @@ def _items(record: dict, assoc: str) -> list[dict]:
     return value if isinstance(value, list) else [value]
 
 
-def parse_criteria(tokens: list[str]) -> list:
+def _data_set_matches(filters: list[tuple[str, str, list[str]]], record: dict) -> bool:
+    """Does the SectionDataSet *record* pass every filter?"""
+    return all(_match(record[a.removeprefix("data_sets.")], op, v) for a, op, v in filters)
+
+
+def _association_matches(assoc: str, table: str, filters: list[tuple[str, str, list[str]]],
+                         record: dict) -> bool:
+    """Does one item of the association *assoc* (its *table*) pass every filter?"""
+    return any(all(_match(item.get(x.removeprefix(table + ".")), op, v) for x, op, v in filters)
+               for item in _items(record, assoc))
+
+
+def parse_criteria(tokens: list[str]) -> list[Callable[[dict], bool]]:
     """Turn criteria tokens into predicates ``f(record) -> bool`` (bare associations are joins)."""
-    predicates = []
+    predicates: list[Callable[[dict], bool]] = []
     for token in tokens:
         m = _TOKEN.match(token)
         if not m:
@@ -207,8 +222,7 @@ def parse_criteria(tokens: list[str]) -> list:
             for attr, _, _ in filters:
                 if attr.removeprefix("data_sets.") not in DATA_SET_ATTRIBUTES:
                     raise RmaError(f"Unknown SectionDataSet attribute '{attr}'.")
-            predicates.append(lambda r, f=filters: all(
-                _match(r[a.removeprefix("data_sets.")], op, v) for a, op, v in f))
+            predicates.append(partial(_data_set_matches, filters))
             continue
         if assoc not in ASSOCIATIONS:
             raise RmaError(f"Unknown association '{assoc}' of SectionDataSet: the sample API knows "
@@ -218,9 +232,7 @@ def parse_criteria(tokens: list[str]) -> list:
             if attr.removeprefix(table + ".") not in attrs:
                 raise RmaError(f"Unknown attribute '{attr}' of '{assoc}': use one of {', '.join(attrs)}.")
         if filters:
-            predicates.append(lambda r, a=assoc, t=table, f=filters: any(
-                all(_match(item.get(x.removeprefix(t + ".")), op, v) for x, op, v in f)
-                for item in _items(r, a)))
+            predicates.append(partial(_association_matches, assoc, table, filters))
     return predicates
 
 
@@ -239,9 +251,9 @@ def parse_tabular(spec: str) -> list[tuple[str, str, str]]:
                            "'table.attribute+as+alias'.")
         table, _, attr = name.rpartition(".")
         table = table or "data_sets"
-        if table not in TABLES:
+        if table != "data_sets" and table not in TABLES:
             raise RmaError(f"Unknown table '{table}' in tabular column '{item}': use one of "
-                           + ", ".join(TABLES) + ".")
+                           + ", ".join(["data_sets", *TABLES]) + ".")
         known = DATA_SET_ATTRIBUTES if table == "data_sets" else ASSOCIATIONS[TABLES[table]][1]
         if attr not in known:
             raise RmaError(f"Unknown column '{name}' in tabular: '{table}' has {', '.join(known)}.")
@@ -254,6 +266,12 @@ def _column_value(record: dict, table: str, attr: str):
         return record[attr]
     items = _items(record, TABLES[table])
     return items[0].get(attr) if items else None
+
+
+def _order_key(table: str, attr: str, record: dict) -> tuple[bool, Any]:
+    """Sort key of ``order``: the column's value, missing values last."""
+    value = _column_value(record, table, attr)
+    return value is None, value
 
 
 def parse_options(tokens: list[str], options: dict[str, str]) -> None:
@@ -282,7 +300,9 @@ def _parse(criteria_text: str, params_key: tuple) -> tuple:
     """Parse one query into (predicates, includes, options); cached per query text."""
     params = dict(params_key)
     stage = "criteria"
-    crit, include, opts = [], [], []
+    crit: list[str] = []
+    include: list[str] = []
+    opts: list[str] = []
     for token in split_top_level(criteria_text):
         low = token.lower()
         if low.startswith("model::"):
@@ -328,8 +348,7 @@ def run_query(records: list[dict], criteria: str, params: dict[str, str]) -> tup
             parts = key.replace("+", " ").split()
             desc = len(parts) > 1 and parts[1].lower() == "desc"
             (table, attr, _), = parse_tabular(parts[0])
-            hits.sort(key=lambda r, t=table, a=attr: (_column_value(r, t, a) is None,
-                                                      _column_value(r, t, a)), reverse=desc)
+            hits.sort(key=partial(_order_key, table, attr), reverse=desc)
     total = len(hits)
     try:
         start = int(options.get("start_row", 0))

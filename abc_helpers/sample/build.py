@@ -23,7 +23,7 @@ LOGGER = logging.getLogger("abc_helpers")
 GENERATORS = ("abc", "abc_gene_index", "vbn", "amba")
 
 
-def _fingerprint() -> str:
+def world_fingerprint() -> str:
     """Hash the sample package's own source and data, and the gene index format it serves, so that
     a code change rebuilds the world."""
     here = Path(__file__).parent
@@ -42,7 +42,7 @@ def default_world_dir() -> Path:
     ``ABC_HELPERS_SAMPLE_DIR`` overrides the parent folder (default: the user cache folder).
     """
     parent = os.environ.get("ABC_HELPERS_SAMPLE_DIR") or Path(user_cache_dir("abc_helpers")) / "sample-world"
-    return Path(parent) / _fingerprint()
+    return Path(parent) / world_fingerprint()
 
 
 def build_world(
@@ -90,7 +90,7 @@ def build_world(
                 module.generate(writer)
                 timings[name] = round(time.perf_counter() - t0, 2)
         (tmp / "WORLD.json").write_text(
-            json.dumps({"fingerprint": _fingerprint(), "generators": list(generators),
+            json.dumps({"fingerprint": world_fingerprint(), "generators": list(generators),
                         "synthetic": True}, indent=1)
         )
         if root.exists():

@@ -25,6 +25,7 @@ import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
+from typing import Any
 
 __all__ = ["Fault", "FaultPlan"]
 
@@ -102,7 +103,7 @@ class Fault:
             If an option is unknown or its value is not a number where one is needed.
         """
         known = {f.name for f in fields(cls)}
-        options: dict[str, object] = {}
+        options: dict[str, Any] = {}  # option name -> its int, float, bool or str value
         for part in (p.strip() for p in text.split(",")):
             if not part:
                 continue

@@ -438,8 +438,26 @@ def _entry(writer: WorldWriter, key: str, hashes: dict[str, str]) -> dict[str, s
     return {"url": REAL_BUCKET_URL + key, "version_id": latest.version_id, "file_hash": hashes[latest.md5]}
 
 
-def _manifest(writer: WorldWriter, version: str, data_keys: dict[int, str],
-              hashes: dict[str, str]) -> bytes:
+def manifest_bytes(writer: WorldWriter, version: str, data_keys: dict[int, str],
+                   hashes: dict[str, str]) -> bytes:
+    """A VBN project manifest (the real schema) for the objects *writer* holds now.
+
+    Parameters
+    ----------
+    writer : WorldWriter
+        The world, whose current object versions the entries name.
+    version : str
+        The manifest version, e.g. ``"0.3.0"``.
+    data_keys : dict
+        ``{file_id: key}`` of the NWB files.
+    hashes : dict
+        ``{md5: blake2b}`` of the objects (the manifest gives blake2b hashes).
+
+    Returns
+    -------
+    bytes
+        The JSON, indented as the AllenSDK's manifests are.
+    """
     manifest = {
         "project_name": PREFIX,
         "manifest_version": version,
@@ -603,12 +621,12 @@ def generate(writer: WorldWriter) -> None:
         df = units_v010(tables[name]) if name == "units" else tables[name]
         put(relative_key("metadata", name), csv_bytes(df), "0.1.0")
     data_keys = dict(put_nwb(s, "0.1.0") for s in with_nwb[:-1])
-    manifests = {"0.1.0": _manifest(writer, "0.1.0", data_keys, hashes)}
+    manifests = {"0.1.0": manifest_bytes(writer, "0.1.0", data_keys, hashes)}
     # v0.2.0: units.csv fixed (a new S3 version of the same key)
     put(relative_key("metadata", "units"), csv_bytes(tables["units"]), "0.2.0")
-    manifests["0.2.0"] = _manifest(writer, "0.2.0", data_keys, hashes)
+    manifests["0.2.0"] = manifest_bytes(writer, "0.2.0", data_keys, hashes)
     # v0.3.0: one more session NWB file
     data_keys.update([put_nwb(with_nwb[-1], "0.3.0")])
-    manifests["0.3.0"] = _manifest(writer, "0.3.0", data_keys, hashes)
+    manifests["0.3.0"] = manifest_bytes(writer, "0.3.0", data_keys, hashes)
     for version, data in manifests.items():
         writer.put_bytes(VBN_BUCKET, manifest_key(version), data, last_modified=VERSIONS[version])

@@ -38,8 +38,8 @@ def serve_allen_api(exchange: Exchange, api_root: Path | None) -> None:
     """
     head_only = exchange.method == "HEAD"
     if api_root is None:
-        body = (f"Not found: {exchange.url_path} (this world has no 'allen-api' folder).").encode()
-        return exchange.send_bytes(404, {"Content-Type": "text/plain"}, body)
+        message = f"Not found: {exchange.url_path} (this world has no 'allen-api' folder)."
+        return exchange.send_bytes(404, {"Content-Type": "text/plain"}, message.encode())
     from .. import allen_api  # numpy and the RMA parser: only when the API is used
 
     try:

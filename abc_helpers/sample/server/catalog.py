@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 from ...cachefolder import CacheFolder, is_bookkeeping
 from ..world import load_index
@@ -163,13 +164,17 @@ class Catalog:
         if self.mirror is not None:
             buckets = self._walk_mirror(self.mirror)
         else:
+            root = self.root
+            if root is None:
+                raise ValueError("Catalog() needs a built world folder (root=) or a mirror folder "
+                                 "(mirror=); both are None.")
             buckets = {}
-            for bucket, keys in load_index(self.root).items():
+            for bucket, keys in load_index(root).items():
                 versions = {}
                 for key, vs in keys.items():
                     versions[key] = [
                         ServedVersion(key=v.key, version_id=v.version_id, size=v.size,
-                                      last_modified=v.last_modified, path=self.root / v.path,
+                                      last_modified=v.last_modified, path=root / v.path,
                                       is_latest=(i == len(vs) - 1), md5=v.md5)
                         for i, v in enumerate(vs)
                     ]
@@ -212,6 +217,9 @@ class Catalog:
 
     def _mirror_lookup(self, bucket: Bucket, key: str) -> list[ServedVersion] | None:
         """Find (or re-check) a mirror file at request time; files may come and go."""
+        if self.mirror is None:
+            raise ValueError("Catalog._mirror_lookup() looks in a mirror folder; this catalog "
+                             "serves a world index (mirror=None).")
         parts = key.split("/")
         if any(p in ("", ".", "..") for p in parts) or is_hidden(parts[0], True) \
                 or any(is_hidden(p, False) for p in parts):
@@ -237,7 +245,7 @@ class Catalog:
             return versions
 
     def mirror_version(self, bucket: Bucket, key: str,
-                       version_id: str) -> ServedVersion | bool | None:
+                       version_id: str) -> ServedVersion | Literal[False] | None:
         """A versioned request in mirror mode: the ``_versions/<id>/<key>`` file if there is one.
 
         Parameters
@@ -255,7 +263,15 @@ class Catalog:
             The version; None if the bucket keeps versions but not this one; False if the
             bucket has no ``_versions/`` folder (a plain mirror: one version per key, so the
             current file answers and the client's hash check catches a mismatch).
+
+        Raises
+        ------
+        ValueError
+            If this catalog serves a world index, not a mirror folder.
         """
+        if self.mirror is None:
+            raise ValueError("Catalog.mirror_version() answers versioned requests of a mirror "
+                             "folder; this catalog serves a world index (mirror=None).")
         versions_dir = self.mirror / bucket.name / MIRROR_VERSIONS
         if not versions_dir.is_dir():
             return False
@@ -321,9 +337,10 @@ class Catalog:
             if cached is None or cached[0] != stamp:
                 cached = self._records[folder.root] = (stamp, folder.read_record())
         entry = cached[1].get(Path(*rel.parts[1:]).as_posix())
-        if entry is None or not (entry.hash or "").startswith("md5:") or entry.size != version.size:
+        digest = entry.hash if entry is not None and entry.size == version.size else None
+        if digest is None or not digest.startswith("md5:"):
             return None
-        return entry.hash[4:]
+        return digest[4:]
 
     def etag(self, version: ServedVersion) -> str:
         """The quoted md5 of *version* (from the mirror's record, or hashed once, in mirror mode).

@@ -192,15 +192,16 @@ def serve_file(exchange: Exchange, fh: BinaryIO, headers: dict[str, str], etag: 
         if_range = h["If-Range"].strip()
         if if_range != etag and if_range != headers.get("Last-Modified"):
             range_header = None  # the object changed: send all of it
-    span = parse_range(range_header, size) if range_header else None
-    if span == "unsatisfiable":
-        raise S3Error(416, "InvalidRange", "The requested range is not satisfiable",
-                      RangeRequested=range_header, ActualObjectSize=str(size))
-    if span is None:
-        return exchange.send_file(200, headers, fh, 0, size)
-    start, end = span
-    headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-    return exchange.send_file(206, headers, fh, start, end - start + 1)
+    if range_header:
+        span = parse_range(range_header, size)
+        if isinstance(span, str):  # 'unsatisfiable'
+            raise S3Error(416, "InvalidRange", "The requested range is not satisfiable",
+                          RangeRequested=range_header, ActualObjectSize=str(size))
+        if span is not None:
+            start, end = span
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+            return exchange.send_file(206, headers, fh, start, end - start + 1)
+    return exchange.send_file(200, headers, fh, 0, size)
 
 
 # -- requests ------------------------------------------------------------------------------------
@@ -449,7 +450,7 @@ def _list_versions(exchange: Exchange, catalog: Catalog, bucket: Bucket, query: 
            f"<Prefix>{enc(prefix)}</Prefix><KeyMarker>{enc(key_marker)}</KeyMarker>"
            f"<VersionIdMarker>{escape(vid_marker)}</VersionIdMarker>")]
     if truncated:
-        kind, value, last = items[-1]
+        _, value, last = items[-1]
         xml.append(f"<NextKeyMarker>{enc(value)}</NextKeyMarker>")
         if last is not None:
             xml.append(f"<NextVersionIdMarker>{escape(last.version_id)}</NextVersionIdMarker>")
@@ -459,8 +460,8 @@ def _list_versions(exchange: Exchange, catalog: Catalog, bucket: Bucket, query: 
     if enc is not escape:
         xml.append("<EncodingType>url</EncodingType>")
     xml.append(f"<IsTruncated>{str(truncated).lower()}</IsTruncated>")
-    for kind, value, v in items:
-        if kind == "version":
+    for _, value, v in items:
+        if v is not None:  # a version (a common prefix carries None)
             xml.append(
                 f"<Version><Key>{enc(value)}</Key><VersionId>{escape(v.version_id)}</VersionId>"
                 f"<IsLatest>{str(v.is_latest).lower()}</IsLatest>"

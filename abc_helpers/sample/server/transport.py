@@ -53,11 +53,11 @@ def _pread(fh: BinaryIO, count: int, offset: int) -> bytes:
     return fh.read(count)
 
 
-def _fault_error(fault: Fault, name: str) -> S3Error:
-    """The S3 error a ``status=`` fault answers for the request path *name*."""
-    code, message = FAULT_ERRORS.get(fault.status, ("ServiceUnavailable", "Injected fault."))
-    err = S3Error(fault.status, code, message)
-    if fault.status == 404 and name:
+def _fault_error(fault: Fault, status: int, name: str) -> S3Error:
+    """The S3 error a ``status=`` fault (its *status*) answers for the request path *name*."""
+    code, message = FAULT_ERRORS.get(status, ("ServiceUnavailable", "Injected fault."))
+    err = S3Error(status, code, message)
+    if status == 404 and name:
         err.fields["Key"] = name.partition("/")[2] or name
     if fault.retry_after is not None:
         ra = fault.retry_after
@@ -83,7 +83,8 @@ class _HTTPServer(ThreadingHTTPServer):
     def server_bind(self) -> None:
         # HTTPServer.server_bind calls socket.getfqdn(), which can wait on DNS: skip it.
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), port  # an inet socket's host is a str
 
     def process_request(self, request, client_address) -> None:
         with self._conn_lock:
@@ -172,7 +173,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if self.fault.stall is not None and self.fault.stall_after is None:
                     time.sleep(self.fault.stall)
                 if self.fault.status is not None:
-                    raise _fault_error(self.fault, self.name)
+                    raise _fault_error(self.fault, self.fault.status, self.name)
             if self.url_path.startswith(API_PREFIXES):
                 serve_allen_api(self, app._catalog.api_root)
             else:

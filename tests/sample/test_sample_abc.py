@@ -14,7 +14,7 @@ from abc_helpers.sample.world import load_index, md5_of_file
 from abc_helpers.sources import ABC_BUCKET
 
 #: Real published files the sample must match (tests/data/README.md).
-REFERENCE = Path(__file__).resolve().parent / "data"
+REFERENCE = Path(__file__).resolve().parents[1] / "data"
 CLASS_NAMES_20231215 = 34
 
 

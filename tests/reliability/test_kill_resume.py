@@ -15,7 +15,7 @@ import sys
 import time
 
 import pytest
-from test_faults import PATHS, _check_whole, _grid_experiment, _sent
+from support.downloads import PATHS, check_whole, grid_experiment, sent
 
 from abc_helpers.sample import SampleServer, build_world
 from abc_helpers.sources import Source
@@ -78,7 +78,7 @@ def test_sigkill_mid_transfer_then_resume(path, server, tmp_path):
     local, key, _, size = max(target.files, key=lambda f: f[3])  # stall the largest file
     stall_after = size // 2
     server.set_faults([f"stall-after={stall_after},stall=60,count=1,key={key}"])
-    code = PRELUDE + CHILD[path].format(eid=_grid_experiment(build_world()))
+    code = PRELUDE + CHILD[path].format(eid=grid_experiment(build_world()))
     child = subprocess.Popen([sys.executable, "-c", code, server.url, str(tmp_path)],
                              stderr=subprocess.PIPE)
     part = local.with_name(local.name + ".part")
@@ -109,10 +109,10 @@ def test_sigkill_mid_transfer_then_resume(path, server, tmp_path):
                   if f[0].with_name(f[0].name + ".part").exists() else 0 for f in target.files)
 
     server.set_faults(None)
-    before = _sent(server, target)
+    before = sent(server, target)
     target.fetch()  # the next call, in this process
-    _check_whole(target)
-    second = _sent(server, target) - before
+    check_whole(target)
+    second = sent(server, target) - before
     RESULTS[path] = {"size": target.size, "killed_file_size": size, "part_bytes_kept": kept,
                      "bytes_on_disk_before_resume": present, "bytes_sent_by_resume": second}
     assert second == target.size - present, \

@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-BOOK = Path(__file__).resolve().parents[1] / "book"
+BOOK = Path(__file__).resolve().parents[2] / "book"
 CHAPTERS = sorted(BOOK.glob("*.ipynb"))
 #: The second-level sections every chapter opens and closes with, in this order.
 OPENING = ["Overview", "Prerequisites", "Parameters", "Imports"]

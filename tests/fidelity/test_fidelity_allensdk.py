@@ -22,9 +22,9 @@ import pytest
 from abc_helpers.neuropixels import VbnProjectCache
 from abc_helpers.sample import vbn
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SDK_PYTHON = ROOT / ".venv-allensdk" / "bin" / "python"
-SCRIPT = Path(__file__).with_name("fidelity") / "allensdk_vbn.py"
+SCRIPT = Path(__file__).with_name("allensdk_vbn.py")
 NAMES = [f"visual-behavior-neuropixels_project_manifest_v{v}.json" for v in vbn.VERSIONS]
 TABLES = {
     "ecephys_sessions": lambda c: c.get_ecephys_session_table(),

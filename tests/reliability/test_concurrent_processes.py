@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 import pytest
-from test_faults import _abc_cache, _abc_files, _check_whole
+from support.downloads import abc_cache, abc_files, check_whole
 
 from abc_helpers.sample import SampleServer, build_world
 from abc_helpers.sources import Source
@@ -38,10 +38,10 @@ def test_processes_fetching_one_directory(case, n_processes, tmp_path):
     """N processes, one directory, one cache folder: each file sent once, verified, no leftovers."""
     method, directory, kinds = CASES[case]
     with SampleServer(root=build_world()) as server:
-        probe = _abc_cache(tmp_path / "probe", Source("sample", server.url))
+        probe = abc_cache(tmp_path / "probe", Source("sample", server.url))
         cache_dir = tmp_path / "shared"
         files = [(cache_dir / local.relative_to(probe.cache_dir), key, known_hash, size)
-                 for local, key, known_hash, size in _abc_files(probe, probe.manifest.files(directory, kinds))]
+                 for local, key, known_hash, size in abc_files(probe, probe.manifest.files(directory, kinds))]
         server.reset_stats()
         server.set_faults([f"stall-after={size // 2},stall=1.0,count=1,key={key}"
                            for _, key, _, size in files])
@@ -50,7 +50,7 @@ def test_processes_fetching_one_directory(case, n_processes, tmp_path):
         errors = [p.communicate(timeout=120)[1].decode() for p in procs]
         assert [p.returncode for p in procs] == [0] * n_processes, "\n".join(errors)[-3000:]
         sent = server.stats()["bytes_sent"]
-    _check_whole(files)
+    check_whole(files)
     for _, key, _, size in files:
         assert sent.get(key) == size, f"{key}: {sent.get(key)} bytes sent for {size}: fetched twice?"
     assert [p for p in cache_dir.rglob("*") if p.name.endswith((".part", ".tmp"))] == []

@@ -20,7 +20,7 @@ from abc_helpers.sources import VBN_BUCKET
 
 S3 = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 #: The real column names, as the AllenSDK's notebooks print them (tests/data/README.md).
-REAL_COLUMNS = json.loads((Path(__file__).resolve().parent / "data" / "vbn_columns.json").read_text())
+REAL_COLUMNS = json.loads((Path(__file__).resolve().parents[1] / "data" / "vbn_columns.json").read_text())
 UNITS_KEY = vbn.relative_key("metadata", "units")
 
 

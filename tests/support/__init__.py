@@ -1,0 +1,1 @@
+"""Helpers shared by several test modules (documented; imported as ``support.<module>``)."""
