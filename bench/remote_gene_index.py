@@ -16,9 +16,10 @@ cells (the metadata tables are loaded before the clock starts):
 * a room: 30 clients at once, each asking 10 other genes; each result is checked for exact
   equality with the values read from the local gene index.
 
-Bytes are counted by the server. ``bytes_ratio_vs_needed`` is what the served query received
-(catalog, gene-table records, value ranges), cell labels excluded, over the bytes of the 10 genes'
-values and row indices. The mirror server computes each file's md5 (its ETag) at the first
+Bytes are counted by the server. ``bytes_ratio_vs_needed`` is what the first served query received
+(the catalog, the gene table, the value ranges), cell labels excluded, over the bytes of the 10
+genes' values and row indices; ``bytes_ratio_repeat_vs_needed`` is the same for a repeated query
+(the value ranges only). The mirror server computes each file's md5 (its ETag) at the first
 request: the benchmark asks for every file once (HEAD) before timing, as a teacher running the
 chapters once before a workshop does. The last line printed is one JSON object.
 
@@ -230,17 +231,22 @@ def main() -> None:
             sent = _sent(server)
             results[latency] = (base, served)
             if not latency:
-                labels = sum(n for k, n in sent.items() if k.endswith(".labels.txt"))
-                received = sum(n for k, n in sent.items() if (not k.endswith(".labels.txt")
-                               and ".gene_index" in k) or k.endswith("catalog.json"))
-                # the first query and its 5 repeats each read the ranges once; the catalog once
-                per_query = (received - sent.get(f"{BUCKET}/gene-index/releases/{RELEASE}/catalog.json", 0)) / 6
+                def total(suffix: str, sent: dict = sent) -> int:
+                    return sum(n for k, n in sent.items() if k.endswith(suffix))
+
+                # once per process or cache: the catalog, the labels, the gene table; then the
+                # first query and its 5 repeats each read the genes' ranges of the index once
+                catalog, labels, gene_table = total("catalog.json"), total(".labels.txt"), total(".genes.bin")
+                per_query = total(".gene_index.h5ad") / 6
                 summary.update({
                     "bytes_needed": needed(GENES),
                     "bytes_received_per_query": round(per_query),
-                    "bytes_catalog": sent.get(f"{BUCKET}/gene-index/releases/{RELEASE}/catalog.json", 0),
+                    "bytes_catalog": catalog,
+                    "bytes_gene_table_once": gene_table,
                     "bytes_labels_once": labels,
-                    "bytes_ratio_vs_needed": round(per_query / needed(GENES), 3),
+                    # the first query, everything but the labels (the issue's definition)
+                    "bytes_ratio_vs_needed": round((catalog + gene_table + per_query) / needed(GENES), 3),
+                    "bytes_ratio_repeat_vs_needed": round(per_query / needed(GENES), 3),
                     "bytes_matrix_download": matrix.stat().st_size})
             print(f"  latency {latency * 1000:.0f} ms: download+stream {base['seconds']:.2f} s, served "
                   f"{served['seconds']:.3f} s, repeat {served['seconds_repeat']:.3f} s", file=sys.stderr)
