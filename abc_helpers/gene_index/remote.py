@@ -44,7 +44,7 @@ __all__ = ["MAX_GAP", "ServedIndex", "forget_served_indexes", "load_catalog", "r
 #: Two byte ranges of the values closer than this are read with one request (the gap is dropped).
 MAX_GAP = 4096
 #: Parallel range requests per matrix.
-MAX_REQUESTS = 8
+MAX_REQUESTS = 16
 #: Times a slice whose CRC does not match is fetched again before giving up.
 CHECKSUM_RETRIES = 3
 #: Parsed cell labels and gene tables kept in memory, by md5 (most recently used).
@@ -372,8 +372,14 @@ def remote_extract_task(index: ServedIndex, labels: Sequence[str] | pd.Index | N
     if index.source not in ("aws", "sample"):
         get_source(index.source)  # allow plain HTTP to a mirror named by the caller, in this process
     gene_ids = list(gene_ids)
-    with ThreadPoolExecutor(2) as pool:  # the labels and the gene table, at once (cached after)
-        obs, _ = pool.map(lambda kind: _parsed(index, kind), ("labels", "gene_table"))
+    cols = _columns(index, gene_ids, order_sha256, positions)
+    present = np.unique(cols[cols >= 0])
+    # the labels (cached after the first query) are read and parsed while the genes' ranges are
+    # fetched: only the gene table is needed to ask for them
+    with ThreadPoolExecutor(1) as pool:
+        obs_future = pool.submit(_parsed, index, "labels")
+        got_rows, got_values = read_served_genes(index, present) if present.size else ([], [])
+        obs = obs_future.result()
     n_obs = len(obs)
     if labels is None:
         rows_out = None
@@ -388,9 +394,6 @@ def remote_extract_task(index: ServedIndex, labels: Sequence[str] | pd.Index | N
             rows_out = np.full(n_obs, -1, dtype=np.int64)
             found = rows_in >= 0
             rows_out[rows_in[found]] = np.flatnonzero(found)
-    cols = _columns(index, gene_ids, order_sha256, positions)
-    present = np.unique(cols[cols >= 0])
-    got_rows, got_values = read_served_genes(index, present) if present.size else ([], [])
     out = np.zeros((len(cols), n_out), dtype=np.float32).T
     for col, r, v in zip(present, got_rows, got_values, strict=True):
         v = v.astype(np.float32, copy=False)
