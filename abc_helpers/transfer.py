@@ -255,6 +255,16 @@ def _retry_after(response: requests.Response) -> float | None:
         return None
 
 
+def _get(url: str, headers: dict[str, str]) -> requests.Response:
+    """GET *url* (streamed) with the shared session; connection failures become retryable."""
+    try:
+        return get_session().get(url, headers=headers, stream=True, timeout=_timeout())
+    except (requests.ConnectionError, requests.Timeout) as error:
+        raise _Retryable(f"connection failed ({type(error).__name__}: {error})") from error
+    except ValueError as error:  # a redirect to a URL that check_url_allowed refuses
+        raise DownloadError(f"redirected to a refused URL: {error}") from None
+
+
 def _fetch_once(
     url: str,
     part: Path,
@@ -264,15 +274,9 @@ def _fetch_once(
     overall: Callable[[int], None] | None,
 ) -> str | None:
     """One attempt: stream *url* into *part* (resuming it), return the hex digest or None."""
-    session = get_session()
     offset = part.stat().st_size if part.exists() else 0
     headers = {"Range": f"bytes={offset}-"} if offset else {}
-    try:
-        response = session.get(url, headers=headers, stream=True, timeout=_timeout())
-    except (requests.ConnectionError, requests.Timeout) as error:
-        raise _Retryable(f"connection failed ({type(error).__name__}: {error})") from error
-    except ValueError as error:  # a redirect to a URL that check_url_allowed refuses
-        raise DownloadError(f"redirected to a refused URL: {error}") from None
+    response = _get(url, headers)
     with response:
         status = response.status_code
         if status == 416 and offset:
@@ -547,13 +551,7 @@ def download_many(
 def _range_once(url: str, start: int, stop: int, into: bytearray) -> None:
     """One attempt at bytes ``[start + len(into), stop)`` of *url*, appended to *into* as they come."""
     first = start + len(into)
-    try:
-        response = get_session().get(url, headers={"Range": f"bytes={first}-{stop - 1}"}, stream=True,
-                                     timeout=_timeout())
-    except (requests.ConnectionError, requests.Timeout) as error:
-        raise _Retryable(f"connection failed ({type(error).__name__}: {error})") from error
-    except ValueError as error:  # a redirect to a URL that check_url_allowed refuses
-        raise DownloadError(f"redirected to a refused URL: {error}") from None
+    response = _get(url, {"Range": f"bytes={first}-{stop - 1}"})
     with response:
         status = response.status_code
         if status in (429, 500, 502, 503, 504):
