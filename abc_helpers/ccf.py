@@ -212,7 +212,7 @@ class StructureTree:
 
     # -- building ------------------------------------------------------------------------------
     @classmethod
-    def from_records(cls, records: Iterable[Mapping[str, Any]], source: str = "the records") -> StructureTree:
+    def from_records(cls, records: Iterable[Mapping[str, Any]], name: str = "the records") -> StructureTree:
         """Build the tree from flat records: one mapping per structure, as the Allen API returns them.
 
         Parameters
@@ -223,7 +223,7 @@ class StructureTree:
             derived from the parents when absent) and ``color_hex_triplet`` (or the AllenSDK's
             ``rgb_triplet``). A record with id 0 (``void``, outside the brain, which iblatlas's
             copy of the tree carries) is not a structure and is skipped.
-        source : str
+        name : str
             What the records came from, for error messages.
 
         Returns
@@ -239,7 +239,7 @@ class StructureTree:
         for record in records:
             missing = [k for k in ("id", "acronym", "name") if k not in record]
             if missing:
-                raise ValueError(f"A structure record of {source} has no {', '.join(missing)} "
+                raise ValueError(f"A structure record of {name} has no {', '.join(missing)} "
                                  f"(keys: {sorted(record)}): pass the Allen API's Structure columns.")
             if _int_or_none(record["id"]) in (None, 0):
                 continue
@@ -252,10 +252,10 @@ class StructureTree:
             while chain[-1] not in paths and parents[chain[-1]] is not None:
                 parent = parents[chain[-1]]
                 if parent not in parents:
-                    raise ValueError(f"Structure {chain[-1]} of {source} names parent {parent}, which is "
+                    raise ValueError(f"Structure {chain[-1]} of {name} names parent {parent}, which is "
                                      "not among the records: pass the whole tree.")
                 if parent in chain:
-                    raise ValueError(f"The parents of structure {sid} in {source} form a cycle {chain}.")
+                    raise ValueError(f"The parents of structure {sid} in {name} form a cycle {chain}.")
                 chain.append(parent)
             base = paths.get(chain[-1], (chain[-1],))
             for i in range(len(chain) - 2, -1, -1):
@@ -322,7 +322,7 @@ class StructureTree:
         if not isinstance(data, list) or not all(isinstance(n, Mapping) for n in data):
             raise ValueError(f"{name} holds no structure records: expected the Allen API's structure "
                              "graph (structure_graph_download/1.json) or a list of structures.")
-        return cls.from_records(_flatten_graph(data), source=name)
+        return cls.from_records(_flatten_graph(data), name=name)
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike) -> StructureTree:
@@ -338,7 +338,7 @@ class StructureTree:
         StructureTree
         """
         with open(path, newline="", encoding="utf-8") as fh:
-            return cls.from_records(csv.DictReader(fh), source=f"'{path}'")
+            return cls.from_records(csv.DictReader(fh), name=f"'{path}'")
 
     @classmethod
     def from_dataframe(cls, frame: Any) -> StructureTree:
@@ -354,7 +354,7 @@ class StructureTree:
         -------
         StructureTree
         """
-        return cls.from_records(frame.to_dict("records"), source="the DataFrame")
+        return cls.from_records(frame.to_dict("records"), name="the DataFrame")
 
     @classmethod
     def shipped(cls) -> StructureTree:
