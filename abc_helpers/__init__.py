@@ -10,7 +10,14 @@ from .cache import (
     ReadOnlyLocalCacheWarning,
 )
 from .expression import MissingCellsWarning, extract_genes_from_h5ad, get_gene_data
-from .gene_index import build_gene_index, find_gene_index, gene_index_path, read_gene_index_info
+from .gene_index import (
+    build_gene_index,
+    find_gene_index,
+    gene_index_path,
+    read_gene_index_info,
+    served_indexes,
+    write_catalog,
+)
 from .ish import (
     build_correlation_index,
     build_expression_stack,
@@ -43,7 +50,16 @@ from .neuropixels import (
     get_metadata_url,
 )
 from .sources import Source, get_source
-from .transfer import DownloadError, DownloadJob, download, download_many, file_hash, list_objects
+from .transfer import (
+    DownloadError,
+    DownloadJob,
+    download,
+    download_many,
+    file_hash,
+    list_objects,
+    read_range,
+    received_bytes,
+)
 
 __version__ = "0.1.0"
 
@@ -88,8 +104,12 @@ __all__ = [
     "query_section_datasets",
     "read_gene_index_info",
     "read_grid",
+    "read_range",
     "read_volume",
+    "received_bytes",
     "reorient",
+    "served_indexes",
     "world_plane",
+    "write_catalog",
     "write_volume",
 ]

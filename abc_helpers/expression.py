@@ -5,7 +5,10 @@ name. Instead of densifying chunks of 8,192 cells x 32,285 genes (about 1 GB eac
 contiguous row blocks of the CSR arrays (``X/indptr``, ``X/indices``, ``X/data``) with h5py and
 keeps only the values of the selected genes, so memory is the output plus one block. When a gene
 index (a gene-major copy made by :func:`~abc_helpers.gene_index.build_gene_index`) exists for a
-matrix, the selected genes are read directly from it instead, which takes milliseconds.
+matrix, the selected genes are read directly from it instead, which takes milliseconds; when the
+data source serves gene indexes (a mirror filled with ``--gene-index``, the sample world), only
+the byte ranges of the selected genes are read over the network and no matrix is downloaded
+(:mod:`abc_helpers.gene_index.remote`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future, as_completed
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +28,16 @@ from tqdm import tqdm
 from .gene_index import (
     IndexTables,
     NoFastPath,
+    ServedIndex,
     build_gene_index,
     column_slices,
     data_files,
     find_gene_index,
+    identifiers_sha256,
     index_tables,
     read_obs_labels,
+    remote_extract_task,
+    served_indexes,
     var_positions,
 )
 from .h5ad_layout import (
@@ -40,6 +47,7 @@ from .h5ad_layout import (
     block_bounds,
     matrix_layout,
 )
+from .sources import Source
 
 LOGGER = logging.getLogger("abc_helpers")
 
@@ -48,6 +56,10 @@ __all__ = ["MissingCellsWarning", "build_gene_index", "extract_genes_from_h5ad",
 
 #: The data types of the WMB/WHB 10x matrices.
 DATA_TYPES = ("log2", "raw")
+#: Where :func:`get_gene_data` may read a matrix's genes from (see its *gene_index*).
+GENE_INDEX_MODES = ("auto", "remote", "local", "off")
+#: Matrices read at once from served gene indexes when no executor is given (network-bound).
+REMOTE_MATRICES_AT_ONCE = 4
 
 
 #: Binary-search the rows of a block when rows x genes x SEARCH_COST < values in the block,
@@ -544,6 +556,28 @@ def _matrix_available(abc_cache, directory: str, file_name: str, listing: dict) 
     return file_name in listing[directory]
 
 
+_ORDERS: list[tuple[pd.Index, str]] = []
+
+
+def _order_sha256(index: pd.Index) -> str:
+    """:func:`identifiers_sha256` of a gene order, kept for the last few (immutable) Index objects."""
+    for seen, digest in _ORDERS:
+        if seen is index:
+            return digest
+    digest = identifiers_sha256(index.astype(str).to_numpy())
+    _ORDERS[:] = [(index, digest), *_ORDERS[:3]]
+    return digest
+
+
+def _gene_index_mode(gene_index: str, use_gene_index: bool | None) -> str:
+    if use_gene_index is not None:  # the earlier switch: True is the default, False reads matrices
+        return gene_index if use_gene_index else "off"
+    if gene_index not in GENE_INDEX_MODES:
+        msg = f"Unknown gene_index '{gene_index}': use one of {list(GENE_INDEX_MODES)}."
+        raise ValueError(msg)
+    return gene_index
+
+
 def get_gene_data(
     abc_cache,
     all_cells: pd.DataFrame,
@@ -552,17 +586,26 @@ def get_gene_data(
     data_type: str = "log2",
     executor: Executor | None = None,
     progressbar: bool = True,
-    use_gene_index: bool = True,
+    use_gene_index: bool | None = None,
     block_nnz: int = DEFAULT_BLOCK_NNZ,
+    gene_index: str = "auto",
+    gene_index_source: str | Source | None = None,
 ) -> pd.DataFrame:
     """Expression of a few genes in many cells, read from the 10x matrices of a release.
 
-    Same call as ``abc_atlas_access``'s ``get_gene_data``. Each matrix the cells come from is
-    downloaded through *abc_cache* (if it is not there yet) and read by streaming contiguous row
-    blocks, keeping only the selected genes: memory is the output plus one block (about 32 MB),
-    whatever the size of the matrix. If a valid gene index of a matrix exists (see
-    :func:`build_gene_index`), the genes are read from it instead, and the matrix itself is not
-    needed.
+    Same call as ``abc_atlas_access``'s ``get_gene_data``. For each matrix the cells come from, the
+    genes are read from the fastest place that has them (see *gene_index*):
+
+    * a valid **local gene index** (see :func:`build_gene_index`): milliseconds, no matrix needed;
+    * a gene index **served** by the data source (a workshop mirror filled with ``--gene-index``,
+      the sample world, or any server named by *gene_index_source*): only the byte ranges of the
+      selected genes are fetched (a few MB), plus the matrix's cell labels once; no matrix is
+      downloaded;
+    * else the **matrix**, downloaded through *abc_cache* if it is not there yet and read by
+      streaming contiguous row blocks, keeping only the selected genes: memory is the output plus
+      one block (about 32 MB), whatever the size of the matrix.
+
+    The values are the same, float32 for float32, whichever way they are read.
 
     Parameters
     ----------
@@ -583,10 +626,18 @@ def get_gene_data(
         folder. None reads them one after the other in this process.
     progressbar : bool
         Show a progress bar over the cells, and one per matrix download.
-    use_gene_index : bool
-        Read from a valid gene index when one exists (the default).
+    use_gene_index : bool or None
+        The earlier switch, kept for existing code: False is ``gene_index="off"``.
     block_nnz : int
         Stored values per streamed block.
+    gene_index : {"auto", "remote", "local", "off"}
+        ``"auto"`` (default): a local index, else a served one, else the matrix; the function says
+        once (a ``UserWarning``) which matrices had to be downloaded. ``"remote"``: served indexes
+        only (an error names the matrices that have none, before anything is read). ``"local"``: a
+        local index, else the matrix. ``"off"``: always the matrices.
+    gene_index_source : str, Source or None
+        Where gene indexes are served, if not from the cache's own data source (e.g. a lab's
+        static server holding only the indexes, ``"http://host:8000"``).
 
     Returns
     -------
@@ -601,7 +652,10 @@ def get_gene_data(
     KeyError
         If a selected gene is not in *all_genes* (the message suggests close symbols).
     ValueError
-        If *data_type* is unknown or the tables lack the columns named above.
+        If *data_type* or *gene_index* is unknown, the tables lack the columns named above, or
+        ``gene_index="remote"`` and a matrix has no usable served index.
+    DownloadError
+        If a matrix or a served range cannot be fetched (after retries).
 
     Examples
     --------
@@ -613,6 +667,9 @@ def get_gene_data(
     """
     if data_type not in DATA_TYPES:
         raise ValueError(f"Unknown data_type '{data_type}': use one of {list(DATA_TYPES)}.")
+    mode = _gene_index_mode(gene_index, use_gene_index)
+    if selected_genes is None:
+        raise ValueError("selected_genes is None: give gene symbols, e.g. ['Slc17a7', 'Tac2'].")
     selected = [selected_genes] if isinstance(selected_genes, str) else list(selected_genes)
     if not selected:
         raise ValueError("selected_genes is empty: give at least one gene symbol.")
@@ -623,8 +680,10 @@ def get_gene_data(
     groups = cells.groupby(["dataset_label", "feature_matrix_label"], sort=True,
                            dropna=False).indices
     listing: dict[str, list[str]] = {}
-    jobs, not_in_release = [], {}
-    for (directory, matrix), positions in groups.items():
+    jobs: list[tuple[str, str, np.ndarray]] = []
+    not_in_release: dict[str, int] = {}
+    for key, positions in groups.items():
+        directory, matrix = key
         if pd.isna(directory) or pd.isna(matrix):
             not_in_release["(no feature_matrix_label)"] = len(positions)
             continue
@@ -641,12 +700,45 @@ def get_gene_data(
             "NaN; load the release they come from (abc_cache.load_manifest) or drop them.",
             MissingCellsWarning, stacklevel=2)
 
+    # where each matrix is read from: a local index, a served index, or the matrix itself
+    local = {}
+    if mode in ("auto", "local"):
+        for directory, file_name, _ in jobs:
+            path = find_gene_index(abc_cache, directory, file_name)
+            if path is not None:
+                local[f"{directory}/{file_name}"] = path
+    served: dict[str, ServedIndex | str] = {}
+    if mode in ("auto", "remote") and len(local) < len(jobs):
+        served = served_indexes(abc_cache, gene_index_source)
+    unserved = {f"{d}/{f}": served.get(f"{d}/{f}", "not in the catalog") for d, f, _ in jobs
+                if f"{d}/{f}" not in local and not isinstance(served.get(f"{d}/{f}"), ServedIndex)}
+    if unserved and mode in ("auto", "remote"):
+        where = gene_index_source if gene_index_source is not None else abc_cache.source
+        reasons = ("no gene index is served there" if not served else
+                   "; ".join(f"{name}: {why}" for name, why in sorted(unserved.items())[:5]))
+        if mode == "remote":
+            msg = (f"gene_index='remote', but {len(unserved)} matrices have no usable gene index at "
+                   f"{where} ({reasons}): {sorted(unserved)}. Serve them (fill-mirror --gene-index), "
+                   "or use gene_index='auto' to download and stream those matrices.")
+            raise ValueError(msg)
+        warnings.warn(f"{len(unserved)} of {len(jobs)} matrices are downloaded and streamed, for "
+                      f"want of a gene index at {where} ({reasons}): {sorted(unserved)}.",
+                      UserWarning, stacklevel=2)
+    order_sha256, gene_positions = None, None  # the caller's gene order, to skip the served var
+    if any(isinstance(v, ServedIndex) for v in served.values()):
+        ordered = all_genes.index if "gene_identifier" not in all_genes.columns \
+            else pd.Index(all_genes["gene_identifier"])
+        if ordered.is_unique:
+            order_sha256 = _order_sha256(ordered)
+            gene_positions = ordered.get_indexer(gene_ids)
+
     started = time.perf_counter()
     bar = tqdm(total=sum(len(p) for *_, p in jobs), unit="cell", unit_scale=True,
                desc=f"Extracting {len(selected)} genes", disable=not progressbar)
     missing_in_matrix: dict[str, int] = {}
     missing_genes: dict[str, list[str]] = {}
     futures: dict[Future, tuple] = {}
+    remote_pool: ThreadPoolExecutor | None = None
 
     def collect(job: tuple, out: dict) -> None:
         directory, file_name, positions = job
@@ -655,16 +747,28 @@ def get_gene_data(
             missing_in_matrix[f"{directory}/{file_name}"] = out["missing_cells"]
         if out["missing_genes"]:
             missing_genes[f"{directory}/{file_name}"] = out["missing_genes"]
+        where = {"csc_matrix": "gene index", "served gene index": "served gene index"}.get(
+            out["layout"], "matrix")
         LOGGER.info("%s/%s: %d cells from the %s in %.2f s", directory, file_name, len(positions),
-                    "gene index" if out["layout"] == "csc_matrix" else "matrix", out["seconds"])
+                    where, out["seconds"])
 
     try:
         for job in jobs:
             directory, file_name, positions = job
-            path = find_gene_index(abc_cache, directory, file_name) if use_gene_index else None
-            if path is None:
-                path = abc_cache.get_data_path(directory, file_name, progressbar=progressbar)
+            name = f"{directory}/{file_name}"
             labels = cells.index.values[positions]
+            remote = served.get(name) if name not in local else None
+            if isinstance(remote, ServedIndex):
+                args: tuple = (remote, labels, gene_ids, order_sha256, gene_positions)
+                if executor is not None:
+                    runner: Executor = executor
+                else:  # network-bound: a few matrices at once
+                    remote_pool = remote_pool or ThreadPoolExecutor(REMOTE_MATRICES_AT_ONCE)
+                    runner = remote_pool
+                futures[runner.submit(remote_extract_task, *args)] = job
+                continue
+            path = local.get(name) or abc_cache.get_data_path(directory, file_name,
+                                                              progressbar=progressbar)
             if executor is None:
                 n_rows = _n_rows(path)
                 share = len(positions) / max(n_rows, 1)
@@ -690,6 +794,8 @@ def get_gene_data(
     finally:
         for future in futures:
             future.cancel()
+        if remote_pool is not None:
+            remote_pool.shutdown()
         bar.close()
 
     if missing_in_matrix:

@@ -7,6 +7,8 @@ same protocol as the sample world (S3 REST subset, Allen API routes), so learner
     DIR/allen-brain-cell-atlas/                 an AbcProjectCache cache_dir (= the bucket layout)
         releases/<YYYYMMDD>/manifest.json
         metadata/<directory>/<version>/...      expression_matrices/..., image_volumes/...
+        expression_matrices/.../<matrix>.gene_index.h5ad, .genes.bin, .labels.txt, .var.tsv
+        gene-index/releases/<YYYYMMDD>/catalog.json   with --gene-index (abc_helpers.gene_index.catalog)
         _downloaded_data.json, _manifest_last_used.txt, *.lock, *.part   bookkeeping: never served
                                                 (abc_helpers.cachefolder.is_bookkeeping)
     DIR/visual-behavior-neuropixels-data/       laid out like that bucket
@@ -28,6 +30,7 @@ import argparse
 import json
 import logging
 import os
+import time
 import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +42,7 @@ from tqdm import tqdm
 
 from .cache import AbcProjectCache, LargeDataSizeWarning
 from .cachefolder import OutdatedManifestWarning, atomic_write_text, link_or_copy, temporary_path
+from .gene_index import SIDECARS, write_catalog
 from .manifest import format_size
 from .sources import ABC_BUCKET, VBN_BUCKET, Source, get_source
 from .transfer import DownloadError, DownloadJob, download, download_many, file_hash, list_objects
@@ -53,6 +57,7 @@ __all__ = [
     "fill_allen_api",
     "fill_mirror",
     "fill_vbn",
+    "index_abc",
 ]
 
 VBN_PROJECT = "visual-behavior-neuropixels"
@@ -202,6 +207,53 @@ def fill_abc(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OutdatedManifestWarning)
         cache.load_manifest(max(names))
+    return paths
+
+
+def index_abc(
+    mirror_dir: str | os.PathLike,
+    source: str | Source | None = "aws",
+    data_types: Sequence[str] | None = None,
+    progressbar: bool = True,
+) -> list[Path]:
+    """Build the gene indexes of a mirror's expression matrices, and a catalog per release.
+
+    Every release already in ``<mirror_dir>/allen-brain-cell-atlas`` gets its catalog
+    (:func:`abc_helpers.gene_index.write_catalog`); the indexes of matrices shared by several
+    releases are built once.
+
+    Parameters
+    ----------
+    mirror_dir : str or PathLike
+        The mirror folder, filled by :func:`fill_abc`.
+    source : str, Source or None
+        The source the mirror was filled from (to list its releases).
+    data_types : sequence of str or None
+        ``["log2"]``, ``["raw"]`` or None for both (only matrices in the mirror are indexed).
+    progressbar : bool
+        Show progress bars.
+
+    Returns
+    -------
+    list of Path
+        The indexes, their sidecar files and the catalogs.
+    """
+    cache = AbcProjectCache(Path(mirror_dir) / ABC_BUCKET, source=source)
+    last = cache.current_manifest
+    paths: list[Path] = []
+    for name in cache.list_all_downloaded_manifests:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OutdatedManifestWarning)
+            cache.load_manifest(name)
+        catalog = write_catalog(cache, data_types=tuple(data_types or ("log2", "raw")),
+                                progressbar=progressbar)
+        paths.append(catalog)
+        for entry in json.loads(catalog.read_text())["indexes"]:
+            paths += [cache.cache_folder.path(entry[k]["relative_path"]) for k in ("index", *SIDECARS)]
+    if last is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OutdatedManifestWarning)
+            cache.load_manifest(last)
     return paths
 
 
@@ -378,6 +430,7 @@ def fill_mirror(
     abc_metadata: str | Sequence[str] | None = "all",
     abc_data: str | Sequence[str] | None = (),
     abc_data_types: Sequence[str] | None = None,
+    abc_gene_index: bool = False,
     vbn_manifests: str | Sequence[str] | None = "all",
     vbn_sessions: str | Sequence[int | str] | None = (),
     ish_genes: Sequence[str] = (),
@@ -394,6 +447,9 @@ def fill_mirror(
     abc_releases, abc_metadata, abc_data, abc_data_types
         See :func:`fill_abc` (``releases``, ``metadata``, ``data``, ``data_types``);
         ``abc_releases=None`` skips the ABC Atlas.
+    abc_gene_index : bool
+        Then build the gene index of every mirrored matrix and the catalogs (:func:`index_abc`);
+        the report says how long it took and how much disk the indexes take.
     vbn_manifests, vbn_sessions
         See :func:`fill_vbn`. ``vbn_manifests=None`` skips VBN.
     ish_genes : sequence of str
@@ -415,6 +471,14 @@ def fill_mirror(
     if abc_releases is not None:
         report.add("abc", fill_abc(mirror_dir, source, abc_releases, abc_metadata, abc_data,
                                       abc_data_types, progressbar))
+        if abc_gene_index:
+            started = time.perf_counter()
+            indexed = index_abc(mirror_dir, source, abc_data_types, progressbar)
+            report.add("gene-index", indexed)
+            report.notes.append(
+                f"gene indexes: {sum(p.name.endswith('.gene_index.h5ad') for p in indexed)} built or "
+                f"checked in {time.perf_counter() - started:.1f} s, "
+                f"{format_size(report.bytes['gene-index'])} on disk")
     if vbn_manifests is not None:
         report.add("vbn", fill_vbn(mirror_dir, source, vbn_manifests, vbn_sessions, progressbar))
     if ish_genes:
@@ -439,6 +503,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="directories whose data files to mirror, e.g. Allen-CCF-2020 WMB-10XMulti")
     parser.add_argument("--abc-data-types", nargs="+", default=None, metavar="TYPE",
                         help="expression matrices to keep: log2 and/or raw (default: both)")
+    parser.add_argument("--gene-index", action="store_true",
+                        help="build the gene index of every mirrored matrix and a catalog per release, "
+                             "so learners query genes over the network (abc_helpers.gene_index.catalog)")
     parser.add_argument("--no-abc", action="store_true", help="skip the ABC Atlas")
     parser.add_argument("--vbn-manifests", nargs="+", default=["all"], metavar="VERSION",
                         help="'all' (default), 'latest' or versions such as 0.3.0")
@@ -456,5 +523,6 @@ def run(args: argparse.Namespace) -> MirrorReport:
         args.mirror_dir, source=args.source,
         abc_releases=None if args.no_abc else args.abc_releases,
         abc_metadata=args.abc_metadata, abc_data=args.abc_data, abc_data_types=args.abc_data_types,
+        abc_gene_index=args.gene_index,
         vbn_manifests=None if args.no_vbn else args.vbn_manifests,
         vbn_sessions=args.vbn_sessions, ish_genes=args.ish_genes, progressbar=not args.quiet)

@@ -53,6 +53,29 @@ ALGORITHMS = ("md5", "blake2b", "sha256", "sha1")
 
 _session_lock = threading.Lock()
 _session: requests.Session | None = None
+_received_lock = threading.Lock()
+_received = {"download": 0, "range": 0}
+
+
+def received_bytes() -> dict[str, int]:
+    """Bytes of object data this process has received so far, by kind of request.
+
+    ``"download"``: whole files (:func:`download`, :func:`download_many`); ``"range"``: byte
+    ranges (:func:`read_range`, e.g. a served gene index). Take the difference of two calls to
+    see what one step cost.
+
+    Examples
+    --------
+    >>> sorted(received_bytes())
+    ['download', 'range']
+    """
+    with _received_lock:
+        return dict(_received)
+
+
+def _count_received(kind: str, n: int) -> None:
+    with _received_lock:
+        _received[kind] += n
 
 
 class DownloadError(RuntimeError):
@@ -303,6 +326,7 @@ def _fetch_once(
                     if hasher is not None:
                         hasher.update(chunk)
                     received += len(chunk)
+                    _count_received("download", len(chunk))
                     if bar is not None:
                         bar.update(len(chunk))
                     if overall is not None:
@@ -518,6 +542,94 @@ def download_many(
     if failures:
         raise DownloadError(f"{len(failures)} of {len(jobs)} downloads failed:\n- " + "\n- ".join(failures))
     return [results[i] for i in range(len(jobs))]
+
+
+def _range_once(url: str, start: int, stop: int, into: bytearray) -> None:
+    """One attempt at bytes ``[start + len(into), stop)`` of *url*, appended to *into* as they come."""
+    first = start + len(into)
+    try:
+        response = get_session().get(url, headers={"Range": f"bytes={first}-{stop - 1}"}, stream=True,
+                                     timeout=_timeout())
+    except (requests.ConnectionError, requests.Timeout) as error:
+        raise _Retryable(f"connection failed ({type(error).__name__}: {error})") from error
+    except ValueError as error:  # a redirect to a URL that check_url_allowed refuses
+        raise DownloadError(f"redirected to a refused URL: {error}") from None
+    with response:
+        status = response.status_code
+        if status in (429, 500, 502, 503, 504):
+            raise _Retryable(f"server answered HTTP {status}", wait=_retry_after(response))
+        if status in (401, 403, 404, 410, 416):
+            raise DownloadError(f"HTTP {status} ({response.reason}): the server has no such object, "
+                                "refuses it, or it is shorter than the catalog says")
+        if status == 200:  # the whole object is coming: drop the connection rather than read it
+            raise _Retryable("the server ignored the Range request (HTTP 200 instead of 206)", wait=0)
+        if status != 206:
+            raise _Retryable(f"unexpected HTTP {status} ({response.reason})")
+        if not response.headers.get("Content-Range", "").startswith(f"bytes {first}-{stop - 1}/"):
+            raise _Retryable(f"the server sent another range ({response.headers.get('Content-Range')!r})")
+        raw = response.raw
+        read = getattr(raw, "read1", None) or raw.read
+        while len(into) < stop - start:
+            try:
+                chunk = read(min(CHUNK_SIZE, stop - start - len(into)), decode_content=False)
+            except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as error:
+                raise _Retryable(f"connection broken after {len(into)} of {stop - start} bytes "
+                                 f"({type(error).__name__})") from error
+            if not chunk:
+                raise _Retryable(f"short body: got {len(into)} of {stop - start} bytes")
+            into += chunk
+            _count_received("range", len(chunk))
+
+
+def read_range(url: str, start: int, stop: int, *, retries: int = DEFAULT_RETRIES) -> bytes:
+    """Return bytes ``[start, stop)`` of the object at *url*, with an HTTP ``Range`` request.
+
+    The same rules as :func:`download`: connection errors, time-outs, short bodies and 5xx/429
+    answers are retried with backoff (``Retry-After`` honoured), a cut is resumed from the last
+    byte received (nothing is fetched twice), 403/404 are not retried. A server that ignores
+    ``Range`` (HTTP 200) is hung up on at once, never read whole, and asked again.
+
+    Parameters
+    ----------
+    url : str
+        The object's URL (https, or http to loopback or a mirror you named).
+    start, stop : int
+        The byte range, *stop* excluded.
+    retries : int
+        Attempts after the first one.
+
+    Returns
+    -------
+    bytes
+        Exactly ``stop - start`` bytes.
+
+    Raises
+    ------
+    DownloadError
+        After the last attempt, or at once for 403/404/416; names the URL, the range and the cause.
+    """
+    check_url_allowed(url)
+    if stop <= start:
+        return b""
+    into = bytearray()
+    last_error = "no attempt made"
+    for attempt in range(retries + 1):
+        try:
+            _range_once(url, start, stop, into)
+            return bytes(into)
+        except _Retryable as error:
+            last_error = str(error)
+            if attempt == retries:
+                break
+            wait = error.wait if error.wait is not None else min(0.5 * 2**attempt, MAX_WAIT)
+            LOGGER.warning("Reading bytes %d-%d of %s failed (%s). Retrying in %.1f s.",
+                           start, stop - 1, url, error, wait)
+            time.sleep(wait)
+        except DownloadError as error:
+            raise DownloadError(f"Could not read bytes {start}-{stop - 1} of {url}: {error}") from None
+    raise DownloadError(f"Could not read bytes {start}-{stop - 1} of {url} after {retries + 1} "
+                        f"attempts: {last_error}. Check the connection and the data source; a "
+                        "server must honour HTTP Range requests to serve a gene index.")
 
 
 _S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"

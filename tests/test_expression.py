@@ -383,9 +383,11 @@ def test_get_gene_data_matches_the_published_view(abc_cache, tables):
     np.testing.assert_allclose(got.loc[view.index].to_numpy(), view.to_numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("gene_index", ["off", "remote"])
 @pytest.mark.parametrize("kind", ["threads", "processes", "dask"])
-def test_get_gene_data_with_executors(abc_cache, tables, reference, kind):
-    """A thread pool, a process pool and a Dask LocalCluster executor give the exact values"""
+def test_get_gene_data_with_executors(abc_cache, tables, reference, kind, gene_index):
+    """A thread pool, a process pool and a Dask LocalCluster executor give the exact values,
+    streaming downloaded matrices or reading the indexes the sample server serves"""
     from abc_helpers.expression import get_gene_data
 
     cells, genes = tables
@@ -396,12 +398,12 @@ def test_get_gene_data_with_executors(abc_cache, tables, reference, kind):
         with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
                           dashboard_address=None) as cluster, Client(cluster) as client:
             got = get_gene_data(abc_cache, subset, genes, FEATURED, progressbar=False,
-                                executor=client.get_executor())
+                                executor=client.get_executor(), gene_index=gene_index)
     else:
         pool = ThreadPoolExecutor(2) if kind == "threads" else ProcessPoolExecutor(2)
         with pool:
             got = get_gene_data(abc_cache, subset, genes, FEATURED, progressbar=False,
-                                executor=pool)
+                                executor=pool, gene_index=gene_index)
     _assert_exact(got, reference.loc[subset.index])
 
 
@@ -422,14 +424,14 @@ def test_gene_index_is_used_and_exact(abc_cache, tables, reference, caplog):
     assert again["WMB-10Xv2/WMB-10Xv2-TH/log2"].stat().st_mtime_ns == \
         built["WMB-10Xv2/WMB-10Xv2-TH/log2"].stat().st_mtime_ns  # kept, not rebuilt
     with caplog.at_level(logging.INFO, logger="abc_helpers"):
-        got = get_gene_data(abc_cache, cells, genes, FEATURED, progressbar=False)
+        got = get_gene_data(abc_cache, cells, genes, FEATURED, progressbar=False, gene_index="local")
     _assert_exact(got, reference)
     used = [r.getMessage() for r in caplog.records if "cells from the" in r.getMessage()]
     assert sum("gene index" in m for m in used) == 14
     assert sum("from the matrix" in m for m in used) == 10
     with ThreadPoolExecutor(2) as pool:
         _assert_exact(get_gene_data(abc_cache, cells, genes, FEATURED, progressbar=False,
-                                    executor=pool), reference)
+                                    executor=pool, gene_index="local"), reference)
 
 
 def test_stale_gene_index_is_ignored(abc_cache, tables, reference, tmp_path):
@@ -443,7 +445,7 @@ def test_stale_gene_index_is_ignored(abc_cache, tables, reference, tmp_path):
     assert gene_index_path(source).is_file()
     assert find_gene_index(abc_cache, "WMB-10Xv2", "WMB-10Xv2-MB/log2") is None
     mb = cells[cells["feature_matrix_label"] == "WMB-10Xv2-MB"]
-    _assert_exact(get_gene_data(abc_cache, mb, genes, FEATURED, progressbar=False),
+    _assert_exact(get_gene_data(abc_cache, mb, genes, FEATURED, progressbar=False, gene_index="local"),
                   reference.loc[mb.index])
     gene_index_path(source).unlink()
 

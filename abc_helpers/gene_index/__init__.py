@@ -21,9 +21,25 @@ The modules:
   rows, genes to columns, a gene's slice), on plain arrays or through an open file;
 - :mod:`~abc_helpers.gene_index.writer`: the out-of-core conversion, :func:`write_gene_index`;
 - :mod:`~abc_helpers.gene_index.matrices`: the indexes of a release's matrices, through an
-  :class:`~abc_helpers.AbcProjectCache` (:func:`build_gene_index`, :func:`find_gene_index`).
+  :class:`~abc_helpers.AbcProjectCache` (:func:`build_gene_index`, :func:`find_gene_index`);
+- :mod:`~abc_helpers.gene_index.catalog`: serving indexes (sidecar files and a catalog per
+  release, so a client can read a gene's byte ranges without parsing HDF5);
+- :mod:`~abc_helpers.gene_index.remote`: reading a served index over HTTP.
 """
 
+from .catalog import (
+    CATALOG_FORMAT,
+    CATALOG_PREFIX,
+    GENE_TABLE_DTYPE,
+    SIDECARS,
+    catalog_entry,
+    catalog_key,
+    catalog_text,
+    describe_gene_index,
+    identifiers_sha256,
+    sidecar_path,
+    write_catalog,
+)
 from .matrices import build_gene_index, data_files, find_gene_index
 from .reader import (
     FORMAT,
@@ -48,33 +64,58 @@ from .reader import (
     var_positions,
     var_text_key,
 )
+from .remote import (
+    ServedIndex,
+    forget_served_indexes,
+    load_catalog,
+    read_served_genes,
+    remote_extract_task,
+    served_indexes,
+)
 from .writer import DEFAULT_RUN_NNZ, write_gene_index
 
 __all__ = [
+    "CATALOG_FORMAT",
+    "CATALOG_PREFIX",
     "DEFAULT_RUN_NNZ",
     "FORMAT",
+    "GENE_TABLE_DTYPE",
     "INFO_GROUP",
     "LABELS_BLOB",
     "LABEL_CACHE_SIZE",
     "LABEL_HASHES",
     "LABEL_KEYS",
     "LABEL_ORDER",
+    "SIDECARS",
     "IndexTables",
     "NoFastPath",
+    "ServedIndex",
     "build_gene_index",
+    "catalog_entry",
+    "catalog_key",
+    "catalog_text",
     "column_slices",
     "data_files",
+    "describe_gene_index",
     "find_gene_index",
+    "forget_served_indexes",
     "gene_index_path",
+    "identifiers_sha256",
     "index_tables",
     "label_hashes",
     "label_keys",
     "line_numbers",
+    "load_catalog",
     "match_label_keys",
     "read_gene_index_info",
     "read_obs_labels",
+    "read_served_genes",
     "read_var_column",
+    "remote_extract_task",
+    "served_indexes",
+    "sidecar_path",
     "var_positions",
     "var_text_key",
+    "write_catalog",
     "write_gene_index",
 ]

@@ -20,16 +20,18 @@ from .world import WorldWriter
 LOGGER = logging.getLogger("abc_helpers")
 
 #: The generator modules, in build order; each exposes ``generate(writer: WorldWriter)``.
-GENERATORS = ("abc", "vbn", "amba")
+GENERATORS = ("abc", "abc_gene_index", "vbn", "amba")
 
 
 def world_fingerprint() -> str:
-    """Hash the sample package's own source and data, so that a code change rebuilds the world."""
+    """Hash the sample package's own source and data, and the gene index format it serves, so that
+    a code change rebuilds the world."""
     here = Path(__file__).parent
     digest = hashlib.sha256()
-    for path in sorted(here.rglob("*")):
+    sources = sorted(here.rglob("*")) + sorted((here.parent / "gene_index").glob("*.py"))
+    for path in sources:
         if path.is_file() and path.suffix in {".py", ".csv", ".json"} and "__pycache__" not in path.parts:
-            digest.update(path.relative_to(here).as_posix().encode())
+            digest.update(path.relative_to(here.parent).as_posix().encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

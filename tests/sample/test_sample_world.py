@@ -1,9 +1,8 @@
-"""The whole sample world: deterministic bytes, built in seconds, served with boto3-compatible S3."""
+"""The whole sample world: deterministic bytes, served with boto3-compatible S3."""
 
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -12,13 +11,11 @@ from abc_helpers.sample.build import GENERATORS
 
 
 @pytest.mark.slow
-def test_world_is_deterministic_and_fast(tmp_path):
-    """Two builds give the same objects with the same md5s, each in under 15 s."""
-    seconds, indexes = [], []
+def test_world_is_deterministic(tmp_path):
+    """Two builds give the same objects with the same md5s (build time is not asserted: load varies)."""
+    indexes = []
     for name in ("a", "b"):
-        t0 = time.perf_counter()
         root = build_world(tmp_path / name)
-        seconds.append(time.perf_counter() - t0)
         indexes.append({p.name: json.loads(p.read_text()) for p in sorted((root / "s3-index").glob("*.json"))})
         assert json.loads((root / "WORLD.json").read_text())["generators"] == list(GENERATORS)
     assert indexes[0] == indexes[1]
@@ -26,7 +23,6 @@ def test_world_is_deterministic_and_fast(tmp_path):
     api_a = sorted(p.relative_to(tmp_path / "a").as_posix() for p in (tmp_path / "a" / "allen-api").rglob("*"))
     api_b = sorted(p.relative_to(tmp_path / "b").as_posix() for p in (tmp_path / "b" / "allen-api").rglob("*"))
     assert api_a == api_b and api_a
-    assert max(seconds) < 15, f"sample world built in {seconds} s"
 
 
 def test_cli_serve_prints_url_and_serves(tmp_path):

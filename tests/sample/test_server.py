@@ -327,21 +327,19 @@ def test_stop_and_start_again_on_the_same_port(world):
         srv.stop()
 
 
-def test_throughput_of_a_large_get(tmp_path):
-    """A 64 MiB GET streams far faster than a network would (sendfile on loopback)"""
+def test_a_large_get_streams_whole(tmp_path):
+    """A 64 MiB GET streams whole (its speed is measured in bench/, not asserted here)"""
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(1 << 20) * 64)
+    expected = hashlib.md5(big.read_bytes()).hexdigest()
     with WorldWriter(tmp_path / "w") as writer:
-        writer.put_file(ABC, "big.bin", big)
+        writer.put_file(ABC, "big.bin", big)  # moved into the world
     with SampleServer(root=tmp_path / "w") as srv:
-        t0 = time.perf_counter()
-        n = 0
+        digest = hashlib.md5()
         with requests.get(f"{srv.url}/{ABC}/big.bin", stream=True) as r:
             for chunk in r.iter_content(1 << 20):
-                n += len(chunk)
-        seconds = time.perf_counter() - t0
-    assert n == 64 << 20
-    assert n / seconds > 200e6, f"only {n / seconds / 1e6:.0f} MB/s"
+                digest.update(chunk)
+    assert digest.hexdigest() == expected
 
 
 def test_allen_api_routes_need_their_folder(server):

@@ -169,8 +169,8 @@ def test_stall_mid_body(srv):
         body = r.raw.read()
     total = time.perf_counter() - t0
     assert body == DATA
-    assert headers_after < 0.4
-    assert total >= 0.5
+    # the pause is in the body, after the headers (a bound that load cannot break)
+    assert total - headers_after >= 0.5
 
 
 def test_corrupt_at_flips_one_byte(srv):

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from ...cachefolder import is_bookkeeping
+from ...cachefolder import CacheFolder, is_bookkeeping
 from ..world import load_index
 
 __all__ = ["MIRROR_VERSIONS", "Bucket", "Catalog", "ServedVersion", "is_hidden", "walk_listing"]
@@ -147,6 +147,7 @@ class Catalog:
         #: Held while reading or changing :attr:`buckets` (listings see one consistent state).
         self.lock = threading.RLock()
         self._md5_cache: dict[tuple[str, int, int], str] = {}
+        self._records: dict[Path, tuple[int, dict]] = {}
         self.buckets: dict[str, Bucket] = {}
         self.refresh()
 
@@ -311,8 +312,38 @@ class Catalog:
             return self._mirror_lookup(bucket, key)
         return bucket.versions.get(key)
 
+    def _recorded_md5(self, version: ServedVersion) -> str | None:
+        """The md5 a mirror's cache-folder record gives for *version* (same size), if any.
+
+        ``fill-mirror`` fills each bucket folder through a cache that records the md5 of every
+        file it verified (and of every gene index it built), so large files need not be read
+        again at their first request.
+        """
+        if self.mirror is None or version.path is None:
+            return None
+        try:
+            rel = Path(version.path).relative_to(self.mirror)
+        except ValueError:
+            return None
+        if len(rel.parts) < 2:
+            return None
+        folder = CacheFolder(self.mirror / rel.parts[0], read_only=True)
+        try:
+            stamp = folder.record_path.stat().st_mtime_ns
+        except OSError:
+            return None
+        with self.lock:
+            cached = self._records.get(folder.root)
+            if cached is None or cached[0] != stamp:
+                cached = self._records[folder.root] = (stamp, folder.read_record())
+        entry = cached[1].get(Path(*rel.parts[1:]).as_posix())
+        digest = entry.hash if entry is not None and entry.size == version.size else None
+        if digest is None or not digest.startswith("md5:"):
+            return None
+        return digest[4:]
+
     def etag(self, version: ServedVersion) -> str:
-        """The quoted md5 of *version* (hashed once, then cached, in mirror mode).
+        """The quoted md5 of *version* (from the mirror's record, or hashed once, in mirror mode).
 
         Parameters
         ----------
@@ -331,7 +362,7 @@ class Catalog:
         """
         if version.md5 is None:
             cache_key = (str(version.path), version.size, version.mtime_ns)
-            md5 = self._md5_cache.get(cache_key)
+            md5 = self._md5_cache.get(cache_key) or self._recorded_md5(version)
             if md5 is None:
                 digest = hashlib.md5(usedforsecurity=False)
                 with open(version.path, "rb") as fh:
