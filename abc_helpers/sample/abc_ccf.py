@@ -127,8 +127,9 @@ def parcellation_tables(tree: pd.DataFrame, annotation: np.ndarray) -> dict[str,
         path = [int(p) for p in node["structure_id_path"].strip("/").split("/")]
         category = next(s for s in path if s in _CATEGORIES)
         division = next((s for s in reversed(path) if s in _DIVISIONS), category)
+        structure = brain.structure_level(int(node["id"]))  # VISp for VISp5, DG for DG-sg
         rows.append((int(idx), {"organ": ("brain", "brain", "FFFFFF"), "category": term_of(category),
-                                "division": term_of(division), "structure": term_of(int(node["id"])),
+                                "division": term_of(division), "structure": term_of(structure),
                                 "substructure": term_of(int(node["id"]))}))
     voxel_mm3 = SPACING_MM ** 3
     parcellation = pd.DataFrame({

@@ -119,6 +119,33 @@ def _descendants(sid: int) -> frozenset[int]:
     return frozenset(s for s, path in _paths().items() if sid in path)
 
 
+#: Structures whose children in the annotation are layers or parts, not structures of their own.
+_LAYERED = ("DG", "CBX")
+_CORTICAL_LAYERS = ("1", "2", "2/3", "3", "4", "4/5", "5", "6a", "6b")
+
+
+def structure_level(structure: int) -> int:
+    """Return the structure a layer belongs to, or *structure* itself (0 stays 0).
+
+    Cortical layers give their area (``VISp5`` -> ``VISp``), the dentate gyrus's layers ``DG``
+    and the cerebellar cortex's layers ``CBX``: the level the ABC parcellation calls
+    ``structure`` (its ``substructure`` is the annotation's own leaf) and the level the real VBN
+    tables name channels by.
+    """
+    if not structure:
+        return 0
+    path = ancestors(structure)
+    if len(path) < 2:
+        return int(structure)
+    parent = path[-2]
+    if parent in {structure_id(a) for a in _LAYERED}:
+        return int(parent)
+    own, area = acronym(structure), acronym(parent)
+    if structure_id("Isocortex") in path and own.startswith(area) and own[len(area):] in _CORTICAL_LAYERS:
+        return int(parent)
+    return int(structure)
+
+
 def parcellation_index(structures: Iterable[int] | np.ndarray) -> np.ndarray:
     """Return the parcellation index (row of the structure tree) of each structure id; 0 stays 0."""
     rows = _row_of_id()
@@ -415,6 +442,10 @@ def _draw() -> np.ndarray:
     put(deep & (theta >= 105) & (depth <= 7.0) & _within(ap, 2900, 6600) & (d > 2300), "EPd")
 
     out[~brain] = 0
+    # the left hemisphere mirrors the right one exactly (ties in the nearest-surface search above
+    # are not broken symmetrically); LR voxel 57 is the midline
+    mid = MIDLINE_UM // res
+    out[:, :, 1:mid] = out[:, :, mid + 1:2 * mid][:, :, ::-1]
     missing = [name for name in ("VISp5", "CA1", "DG-sg", "LP", "LGd", "APN", "CP", "CBXpu")
                if not (out == ids[name]).any()]
     if missing:  # pragma: no cover - a guard for whoever edits the geometry

@@ -91,11 +91,11 @@ COLUMNS = {
 #: LR) and how deep the tip goes below the surface (um). The structures along the track are those
 #: of the sample brain (:mod:`.brain`): visual cortex, hippocampus, then thalamus or midbrain.
 PROBE_INSERTIONS: dict[str, tuple[str, tuple[int, int], tuple[float, float, float], int]] = {
-    "probeA": ("VISam", (8000, 6900), (-0.12, -0.98, -0.05), 3050),
-    "probeB": ("VISpm", (8900, 6800), (0.12, -0.98, -0.08), 3050),
-    "probeC": ("VISp", (9400, 7600), (0.2, -0.96, -0.05), 3050),
-    "probeD": ("VISl", (9000, 8500), (0.05, -0.95, 0.25), 3050),
-    "probeE": ("VISal", (8300, 9000), (-0.25, -0.9, 0.3), 3050),
+    "probeA": ("VISam", (8100, 6750), (-0.12, -0.98, -0.05), 3050),
+    "probeB": ("VISpm", (9000, 6650), (0.12, -0.98, -0.08), 3050),
+    "probeC": ("VISp", (9400, 7550), (0.2, -0.96, -0.05), 3050),
+    "probeD": ("VISl", (8800, 8600), (0.2, -0.97, 0.2), 3050),
+    "probeE": ("VISal", (8200, 8850), (-0.25, -0.9, 0.3), 3050),
     "probeF": ("VISrl", (7500, 8300), (-0.3, -0.92, 0.2), 3050),
 }
 #: Spacing of the channels along the track in the CCF (um per channel; 20 um per channel row on
@@ -150,9 +150,10 @@ def channel_structure(structure_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray
     """Return the VBN-style acronym and id of each annotation value at a channel.
 
     The real VBN tables name the area, not the layer, in the cortex (``'VISp'`` where the
-    annotation says ``'VISp5'``) and ``'DG'`` for the dentate gyrus's layers; points outside the
-    brain (annotation 0) are ``'root'`` (997), as on the real probes. Every other structure keeps
-    its own acronym, so the annotation at a channel is always its structure or a descendant of it.
+    annotation says ``'VISp5'``) and ``'DG'`` for the dentate gyrus's layers
+    (:func:`.brain.structure_level`); points outside the brain (annotation 0) are ``'root'``
+    (997), as on the real probes. Every other structure keeps its own acronym, so the annotation
+    at a channel is always its structure or a descendant of it.
 
     Parameters
     ----------
@@ -164,12 +165,8 @@ def channel_structure(structure_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray
     tuple of numpy.ndarray
         The acronyms (object) and structure ids (int64) the tables show.
     """
-    isocortex, dentate = brain.structure_id("Isocortex"), brain.structure_id("DG")
-    reported = {}
-    for sid in np.unique(structure_ids):
-        path = brain.ancestors(int(sid)) if sid else (brain.structure_id("root"),)
-        parent = path[-2] if len(path) > 1 else path[-1]
-        reported[int(sid)] = parent if isocortex in path[:-1] or parent == dentate else path[-1]
+    root = brain.structure_id("root")
+    reported = {int(sid): brain.structure_level(int(sid)) or root for sid in np.unique(structure_ids)}
     out_ids = np.array([reported[int(s)] for s in structure_ids], dtype=np.int64)
     acronyms = {sid: brain.acronym(sid) for sid in set(reported.values())}
     return np.array([acronyms[int(s)] for s in out_ids], dtype=object), out_ids
@@ -183,10 +180,10 @@ def probe_tracks(probe_names: list[str], rng: np.random.Generator) -> tuple[np.n
     probe_names : list of str
         One name of :data:`PROBE_INSERTIONS` per probe.
     rng : numpy.random.Generator
-        Jitters each entry point (about 120 um) and depth (about 60 um).
+        Jitters each entry point (about 80 um) and depth (about 60 um).
     """
     n = len(probe_names)
-    entry = np.array([PROBE_INSERTIONS[p][1] for p in probe_names], float) + rng.normal(0, 120, (n, 2))
+    entry = np.array([PROBE_INSERTIONS[p][1] for p in probe_names], float) + rng.normal(0, 80, (n, 2))
     up = np.array([PROBE_INSERTIONS[p][2] for p in probe_names], float)
     up /= np.linalg.norm(up, axis=1, keepdims=True)
     depth = np.array([PROBE_INSERTIONS[p][3] for p in probe_names], float) + rng.normal(0, 60, n)
