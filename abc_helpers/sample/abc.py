@@ -131,7 +131,7 @@ class _World:
         self.means = expression_means(self.taxonomy, self.genes)
         self.cells = build_cells(self.taxonomy)
         self.tree = structure_tree()
-        self.annotation = build_annotation(self.tree)
+        self.annotation = build_annotation()
         self.matrices: dict[str, tuple] = {}  # matrix label -> (raw, log2, obs)
         rng = np.random.default_rng(24)
         for _, matrix, _, _ in MATRICES:

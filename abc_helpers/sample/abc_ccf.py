@@ -36,20 +36,14 @@ def structure_tree() -> pd.DataFrame:
     return brain.structure_tree()
 
 
-def build_annotation(tree: pd.DataFrame | None = None) -> np.ndarray:
+def build_annotation() -> np.ndarray:
     """Return the ABC annotation volume: the sample brain at 200 um as ``parcellation_index`` values.
-
-    Parameters
-    ----------
-    tree : pandas.DataFrame or None
-        Unused (the brain's own tree, :func:`structure_tree`); kept for callers that pass it.
 
     Returns
     -------
     numpy.ndarray
         ``uint32``, indexed ``[AP, DV, LR]`` (66 x 40 x 57); 0 outside the brain.
     """
-    del tree
     ids = brain.annotation(RESOLUTION_UM)
     values, inverse = np.unique(ids, return_inverse=True)
     return brain.parcellation_index(values)[inverse].reshape(ids.shape)

@@ -149,8 +149,8 @@ def structure_level(structure: int) -> int:
 def parcellation_index(structures: Iterable[int] | np.ndarray) -> np.ndarray:
     """Return the parcellation index (row of the structure tree) of each structure id; 0 stays 0."""
     rows = _row_of_id()
-    return np.array([rows[int(s)] for s in np.asarray(structures).ravel()],
-                    dtype=np.uint32).reshape(np.shape(structures))
+    values = np.asarray(structures)
+    return np.array([rows[int(s)] for s in values.ravel()], dtype=np.uint32).reshape(values.shape)
 
 
 # -- the annotation ------------------------------------------------------------------------------
@@ -180,8 +180,8 @@ def annotation(resolution_um: int = BASE_RESOLUTION_UM) -> np.ndarray:
     --------
     >>> annotation(100).shape, annotation(200).shape
     ((132, 80, 114), (66, 40, 57))
-    >>> acronym(structure_at([[9300, 1500, 8500]])[0])   # a point in right visual cortex
-    'VISp2/3'
+    >>> [acronym(s) for s in structure_at([[9400, 1600, 7550], [9400, 1600, 3850], [8000, 3000, 7300]])]
+    ['VISp5', 'VISp5', 'LP']
     """
     if resolution_um not in RESOLUTIONS_UM:
         msg = (f"No sample annotation at {resolution_um} um: the sample brain is drawn at "

@@ -69,9 +69,10 @@ def test_brain_is_on_the_real_ccf_grid_with_real_structures():
             "DG-po", "ProS", "SUB", "LP", "LGd", "LGv", "MGv", "MGd", "PoT", "POL", "APN", "MRN", "NOT",
             "SGN", "CP", "ACB", "CBXpu", "CBXgr", "cc", "VL", "MOB", "ARH", "VTA"} <= present
     # structures at CCF points: nearest voxel, 0 outside the volume
-    assert brain.structure_at([[-500, 0, 0], [9300, 1500, 8500]]).tolist() == [
-        0, volume[93, 15, 85]]
-    assert brain.acronym(brain.structure_at([[9300, 1500, 8500]])[0]).startswith("VISp")
+    assert brain.structure_at([[-500, 0, 0], [9349, 1551, 7549], [13200, 8000, 11400]]).tolist() == [
+        0, volume[93, 16, 75], 0]
+    assert [brain.acronym(s) for s in brain.structure_at([[9400, 1600, 7550], [9400, 1600, 3850]])] == [
+        "VISp5", "VISp5"]  # both hemispheres
     with pytest.raises(ValueError, match="sampled at"):
         brain.annotation(25)
     with pytest.raises(KeyError, match="'VISP' is not in the Allen structure tree"):
