@@ -79,15 +79,29 @@ def test_brain_is_on_the_real_ccf_grid_with_real_structures():
         brain.structure_id("VISP")
 
 
-def test_brain_is_deterministic_across_processes(vbn_cache):
-    """Another process draws the same brain and the same VBN channels (same bytes)."""
-    code = ("import hashlib; from abc_helpers.sample import brain, vbn; "
-            "print(hashlib.sha256(brain.annotation(100).tobytes()).hexdigest()); "
-            "print(hashlib.sha256(vbn.csv_bytes(vbn.build_tables()['channels'])).hexdigest())")
+def test_brain_is_deterministic_across_processes(vbn_cache, sample_server, tmp_path):
+    """Another process draws the same brain and builds the same channels, NWB file and ISH grid bytes."""
+    sessions = vbn_cache.get_ecephys_session_table()
+    sid = int(sessions.index[0])
+    record = next(r for r in amba.section_data_sets() if r["_grid"] == "energy")
+    code = f"""
+import hashlib, pathlib
+from abc_helpers.sample import amba, brain, vbn, vbn_nwb
+tables = vbn.build_tables()
+path = pathlib.Path({str(tmp_path / "again.nwb")!r})
+vbn_nwb.write_session_nwb(path, tables["ecephys_sessions"].set_index("ecephys_session_id", drop=False).loc[{sid}], tables)
+record = next(r for r in amba.section_data_sets() if r["_grid"] == "energy")
+volume = amba.experiment_volume(record["genes"][0]["acronym"], record["plane_of_section"]["name"], record["_seed"])
+for data in (brain.annotation(100).tobytes(), vbn.csv_bytes(tables["channels"]), path.read_bytes(),
+             amba.grid_zip(record, {{"energy": volume}})):
+    print(hashlib.sha256(data).hexdigest())
+"""
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    served = vbn_cache.get_metadata_path("channels").read_bytes()
-    assert out.stdout.split() == [hashlib.sha256(brain.annotation(100).tobytes()).hexdigest(),
-                                  hashlib.sha256(served).hexdigest()]
+    served = [brain.annotation(100).tobytes(), vbn_cache.get_metadata_path("channels").read_bytes()]
+    with vbn_cache.get_ecephys_session(sid) as session:
+        served.append(session.path.read_bytes())
+    served.append((sample_server.root / "allen-api" / "grid_data" / f"{record['id']}.zip").read_bytes())
+    assert out.stdout.split() == [hashlib.sha256(data).hexdigest() for data in served]
 
 
 # -- VBN ------------------------------------------------------------------------------------------------
