@@ -104,7 +104,11 @@ MATRICES: tuple[tuple[str, str, str, int], ...] = (
 
 _METHOD = {"WMB-10Xv2": "10Xv2", "WMB-10Xv3": "10Xv3", "WMB-10XMulti": "10xRSeq_Mult"}
 
-#: Dissection regions of interest (real acronyms, order, labels; colours partly real).
+#: Dissection regions of interest (real acronyms, order, labels; colours partly real). As in the
+#: real release, an ROI acronym joins real CCF acronyms with "-" ("VIS-PTLp", "SS-GU-VISC"): a CCF
+#: structure lies in the ROIs one of whose parts is the structure or one of its ancestors (VISp ->
+#: VIS-PTLp and VIS, LP -> TH, CA1 -> HIP), and an ROI's cells come from the matrices of the
+#: division those structures are in (tests/sample/test_brain.py checks it).
 ROIS: tuple[tuple[str, str, str], ...] = (
     ("MO-FRP", "Somatomotor - Frontal pole", "#3DCC7C"),
     ("MOp", "Primary motor area", "#179968"),

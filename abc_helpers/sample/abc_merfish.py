@@ -1,7 +1,10 @@
-"""A small synthetic MERFISH experiment (C57BL6J-638850) placed in the coarse sample CCF.
+"""A small synthetic MERFISH experiment (C57BL6J-638850) placed in the sample brain's ABC CCF.
 
-Cells sit in 8 coronal sections; each cell's cell type is drawn from the 10x class mix of the
-brain division it falls in, its expression from the same cluster means as the 10x cells (a
+Cells sit in 8 coronal sections of the 200 um ABC annotation (:mod:`.abc_ccf`); each cell's CCF
+coordinates (mm; x = AP, y = DV, z = LR, as the real ``ccf_coordinates.csv``) fall in the voxel
+whose ``parcellation_index`` the cell carries. Its cell type is drawn from the 10x class mix of
+the brain division it falls in (:data:`.abc_cells.REGION_CLASSES`, the same mix as the 10x cells
+dissected from that division), its expression from the same cluster means as the 10x cells (a
 gene panel of 120 genes, like the real 500-gene panel but smaller).
 """
 
@@ -11,7 +14,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .abc_ccf import DIVISION_REGION, SECTIONS, SPACING_MM, division_of_index
+from .abc_ccf import DIVISION_REGION, SECTIONS, SPACING_MM, division_of_index, section_index
 from .abc_cells import FEATURED_GENES, REGION_CLASSES, sample_counts
 from .abc_taxonomy import Taxonomy
 
@@ -48,8 +51,9 @@ def build_merfish(taxonomy: Taxonomy, annotation: np.ndarray, tree: pd.DataFrame
     cl = taxonomy.clusters
     by_class = {c: cl.index[cl["class_number"] == c].to_numpy() for c in range(1, 35)}
     rows = []
+    half = 0.495 * SPACING_MM  # inside the voxel: the nearest voxel of a cell is its own
     for z_index, (section, ap) in enumerate(SECTIONS):
-        ap_i = int(ap / SPACING_MM)
+        ap_i = section_index(ap)
         dv_i, lr_i = np.nonzero(annotation[ap_i] > 0)
         pick = rng.choice(len(dv_i), size=CELLS_PER_SECTION, replace=False)
         for k in pick:
@@ -58,10 +62,10 @@ def build_merfish(taxonomy: Taxonomy, annotation: np.ndarray, tree: pd.DataFrame
             classes = np.array(list(mix))
             p = np.array(list(mix.values()))
             alias = rng.choice(by_class[int(rng.choice(classes, p=p / p.sum()))])
-            dv = (dv_i[k] + rng.uniform()) * SPACING_MM
-            lr = (lr_i[k] + rng.uniform()) * SPACING_MM
+            ap_mm, dv_mm, lr_mm = (np.array([ap_i, dv_i[k], lr_i[k]]) * SPACING_MM
+                                   + rng.uniform(-half, half, size=3))
             rows.append({"brain_section_label": section, "cluster_alias": int(alias),
-                         "ap": (ap_i + rng.uniform()) * SPACING_MM, "dv": dv, "lr": lr,
+                         "ap": ap_mm, "dv": dv_mm, "lr": lr_mm,
                          "z_section": z_index * SPACING_MM, "parcellation_index": idx})
     cells = pd.DataFrame(rows)
     n = len(cells)
