@@ -1086,3 +1086,72 @@ def sample_volume(volume: Any, points_um: Any, resolution_um: float, order: int 
         total += np.where(weight > 0, weight * data[idx[0], idx[1], idx[2]], 0.0)
     out[inside] = total
     return out.reshape(points.shape[:-1])
+
+
+def regions_of_interest(structure: int | str, roi_acronyms: Iterable[str], tree: StructureTree) -> list[str]:
+    """The dissection regions of interest (ABC's 10x ROIs) that a CCF structure lies in.
+
+    A region-of-interest acronym of the ABC Atlas's ``region_of_interest_metadata`` table joins
+    CCF acronyms with ``-`` (``'VIS-PTLp'``, ``'SS-GU-VISC'``, ``'HIP'``); a structure lies in an
+    ROI when one of those parts is the structure itself or one of its ancestors. Parts that are
+    not in the tree are ignored.
+
+    Parameters
+    ----------
+    structure : int or str
+        A structure id or acronym (e.g. a VBN channel's ``structure_acronym``).
+    roi_acronyms : iterable of str
+        The ROI acronyms, e.g. ``region_of_interest_metadata["acronym"]``.
+    tree : StructureTree
+        The structure tree.
+
+    Returns
+    -------
+    list of str
+        The ROIs containing the structure, in the order given (empty if none).
+
+    Examples
+    --------
+    >>> tree = StructureTree.shipped()
+    >>> regions_of_interest("VISp", ["MOp", "VIS-PTLp", "VIS", "HIP", "TH"], tree)
+    ['VIS-PTLp', 'VIS']
+    >>> regions_of_interest("CA1", ["VIS", "HIP", "TH"], tree), regions_of_interest("LP", ["VIS", "TH"], tree)
+    (['HIP'], ['TH'])
+    """
+    path = set(tree.ancestors(structure))
+    return [roi for roi in roi_acronyms
+            if any(part in tree and tree[part].id in path for part in str(roi).split("-"))]
+
+
+def track_distance(points_um: Any, start_um: Any, end_um: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Distance of points to a straight track (a segment), and where along it they are closest.
+
+    Parameters
+    ----------
+    points_um : array_like, shape (..., 3)
+        Points in CCF µm ``(AP, DV, LR)``, e.g. MERFISH cells' ``ccf_coordinates`` x 1000.
+    start_um, end_um : array_like, shape (3,)
+        The two ends of the track, e.g. a probe's deepest and shallowest channels.
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray)
+        The distance (µm) of each point to the segment, and the position (µm from *start_um*
+        along the track, clipped to the segment) of its nearest point; NaN for NaN points.
+
+    Examples
+    --------
+    >>> d, along = track_distance([[0, 50, 30], [0, 300, 0]], [0, 0, 0], [0, 200, 0])
+    >>> d.tolist(), along.tolist()
+    ([30.0, 100.0], [50.0, 200.0])
+    """
+    points = _points(points_um)
+    start, end = np.asarray(start_um, dtype=float), np.asarray(end_um, dtype=float)
+    axis = end - start
+    length = float(np.linalg.norm(axis))
+    if not length:
+        msg = "track_distance: the track's two ends are the same point; give two distinct ends."
+        raise ValueError(msg)
+    along = np.clip((points - start) @ axis / length, 0.0, length)
+    nearest = start + along[..., None] * axis / length
+    return np.linalg.norm(points - nearest, axis=-1), along

@@ -434,3 +434,31 @@ def test_grid_annotation_structures_cover_the_marker(grid_zip, tree):
     assert np.nanmean(at_purkinje) > 3 * np.nanmean(elsewhere)
     assert set(tree.acronyms(ccf.structure_at(annotation, ccf.index_to_um(inside, resolution), resolution))) \
         == {"CBXpu"}
+
+
+def test_regions_of_interest_from_the_roi_table(tmp_path, sample_source):
+    """Every VBN-style area maps to the ROIs whose parts contain it; 'root' and fibre tracts to none."""
+    cache = AbcProjectCache.from_s3_cache(tmp_path, source=sample_source, progressbar=False)
+    rois = cache.get_metadata_dataframe("WMB-10X", "region_of_interest_metadata")["acronym"]
+    tree = ccf.StructureTree.shipped()
+    assert ccf.regions_of_interest("VISp", rois, tree) == ["VIS-PTLp", "VIS"]
+    assert ccf.regions_of_interest("VISp5", rois, tree) == ["VIS-PTLp", "VIS"]  # a layer: its area's ROIs
+    assert ccf.regions_of_interest("DG", rois, tree) == ["HIP"]
+    assert ccf.regions_of_interest("LP", rois, tree) == ["TH"]
+    assert ccf.regions_of_interest("ec", rois, tree) == []
+    assert ccf.regions_of_interest("root", rois, tree) == []
+
+
+def test_track_distance_geometry():
+    """Distances to a tilted segment: perpendicular inside it, to the nearest end beyond it."""
+    start, end = np.array([1000.0, 0.0, 0.0]), np.array([1000.0, 3000.0, 4000.0])  # length 5000
+    unit = (end - start) / 5000
+    normal = np.array([1.0, 0.0, 0.0])
+    points = np.array([start + 2500 * unit + 30 * normal, end + 100 * unit, start - 200 * unit,
+                       [np.nan, 0, 0]])
+    distance, along = ccf.track_distance(points, start, end)
+    np.testing.assert_allclose(distance[:3], [30, 100, 200])
+    np.testing.assert_allclose(along[:3], [2500, 5000, 0])
+    assert np.isnan(distance[3])
+    with pytest.raises(ValueError, match="same point"):
+        ccf.track_distance(points, start, start)

@@ -207,9 +207,9 @@ def division_of_index(tree: pd.DataFrame, annotation: np.ndarray) -> dict[int, s
     return out
 
 
-#: AP positions (mm, on the 200 um grid) of the 8 MERFISH sections and their real-style labels.
-SECTIONS = tuple((f"C57BL6J-638850.{n:02d}", ap) for n, ap in
-                 zip((5, 12, 21, 30, 38, 46, 54, 62), (2.0, 3.4, 4.6, 5.8, 7.0, 8.2, 9.4, 10.6), strict=True))
+#: AP positions (mm, on the 200 um grid, every 600 um) of the 16 MERFISH sections and their real-style labels.
+SECTIONS = tuple((f"C57BL6J-638850.{round(5 + (ap - 2.0) / 0.2):02d}", round(ap, 1))
+                 for ap in np.arange(1.4, 10.7, 0.6))
 
 
 def section_index(ap_mm: float) -> int:

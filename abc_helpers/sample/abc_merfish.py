@@ -15,11 +15,12 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .abc_ccf import DIVISION_REGION, SECTIONS, SPACING_MM, division_of_index, section_index
-from .abc_cells import FEATURED_GENES, REGION_CLASSES, sample_counts
+from .abc_cells import FEATURED_GENES, PANEL_GENES, REGION_CLASSES, sample_counts
 from .abc_taxonomy import Taxonomy
 
 MATRIX_LABEL = "C57BL6J-638850"
-CELLS_PER_SECTION = 50
+#: Cells per section: the sections are 200 um voxel planes, so small ones hold several cells per voxel.
+CELLS_PER_SECTION = 1000
 PANEL_SIZE = 120
 _NON_NEURONAL = {30: 0.35, 31: 0.45, 33: 0.12, 34: 0.08}
 
@@ -29,10 +30,11 @@ CELL_METADATA_COLUMNS = ["cell_label", "brain_section_label", "cluster_alias",
 
 
 def panel(genes: pd.DataFrame) -> pd.DataFrame:
-    """Return the MERFISH gene panel: the featured genes plus expressed synthetic genes."""
-    featured = genes["gene_symbol"].isin(list(FEATURED_GENES))
+    """Return the MERFISH gene panel: the featured and panel genes plus expressed synthetic genes."""
+    featured = genes["gene_symbol"].isin([*FEATURED_GENES, *PANEL_GENES])
     synthetic = genes.index[genes["gene_symbol"].str.startswith("Synth")]
-    keep = set(genes.index[featured]) | set(synthetic[:: max(1, len(synthetic) // (PANEL_SIZE - 10))][: PANEL_SIZE - 10])
+    n_synthetic = PANEL_SIZE - int(featured.sum())
+    keep = set(genes.index[featured]) | set(synthetic[:: max(1, len(synthetic) // n_synthetic)][:n_synthetic])
     return genes.loc[sorted(keep)].reset_index(drop=True)
 
 
@@ -55,7 +57,7 @@ def build_merfish(taxonomy: Taxonomy, annotation: np.ndarray, tree: pd.DataFrame
     for z_index, (section, ap) in enumerate(SECTIONS):
         ap_i = section_index(ap)
         dv_i, lr_i = np.nonzero(annotation[ap_i] > 0)
-        pick = rng.choice(len(dv_i), size=CELLS_PER_SECTION, replace=False)
+        pick = rng.choice(len(dv_i), size=CELLS_PER_SECTION, replace=len(dv_i) < CELLS_PER_SECTION)
         for k in pick:
             idx = int(annotation[ap_i, dv_i[k], lr_i[k]])
             mix = REGION_CLASSES.get(DIVISION_REGION.get(division[idx], ""), _NON_NEURONAL)
