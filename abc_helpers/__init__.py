@@ -1,6 +1,7 @@
 """abc_helpers: thin, fast and reliable helpers for Allen Institute open data.
 
 All public names are importable from here; please do not import from submodules, which may move.
+The CCF coordinates and structures are one module of their own: ``from abc_helpers import ccf``.
 """
 
 from .cache import (

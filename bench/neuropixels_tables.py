@@ -33,7 +33,7 @@ from pathlib import Path
 
 from _measure import peak_rss_mb
 
-QUICK_SCALE = {"n_sessions": 16, "n_abnormal": 5, "n_probes": 92, "n_units": 31_901, "n_behavior_only": 330, "n_nwb": 0}
+QUICK_SCALE = {"n_sessions": 16, "n_abnormal": 5, "n_probes": 92, "n_units": 31_901, "n_behavior_only": 330, "n_nwb": 16}
 
 
 def build_bench_world(data_dir: Path, quick: bool) -> tuple[Path, dict]:

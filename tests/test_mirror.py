@@ -26,7 +26,7 @@ VBN = "visual-behavior-neuropixels-data"
 #: Two of the sample's three releases: a cache pointed at the mirror must see exactly these.
 RELEASES = ["20230630", "20231215"]
 #: The session whose NWB file the neuropixels chapter opens (the first with a file).
-SESSION = 1040678697
+SESSION = 1040573564
 ISH_GENES = ["Pcp2", "Calb1", "Pvalb", "Gad1", "Ppp1r1b", "Penk", "Drd1", "Drd2", "Prox1", "Slc17a7",
              "Tcf7l2", "Mbp", "Vip"]
 

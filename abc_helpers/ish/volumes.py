@@ -7,6 +7,9 @@ World spaces, as in the Allen ISH grid download script (``transform_space`` of t
 * ``"MICe"``: an RAS space (x left→right, y posterior→anterior, z inferior→superior) whose origin is
   the CCF point (AP 5300, DV 5300, LR 5700) µm: (x, y, z) = (LR - 5.7, 5.3 - AP, 5.3 - DV) mm.
 
+:mod:`abc_helpers.ccf` converts points between CCF µm, voxels and these world spaces
+(:func:`~abc_helpers.ccf.um_to_world`); the images made here put every voxel at those points.
+
 Images returned here carry these *world* coordinates verbatim in SimpleITK's origin and direction
 (as MINC stores them). :func:`write_volume` converts to ITK's LPS convention for NIfTI, NRRD and
 MetaImage, so that every file format puts each voxel at the same RAS world point for any reader;
@@ -23,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cachefolder import atomic_path
+from ..ccf import um_to_world
 from ..minc import geometry_from_itk, write_minc
 from .grids import read_grid_array
 
@@ -151,6 +155,8 @@ def reorient(image, orientation: str = "RAS", world_space: str = "MICe", expansi
 def expected_world_point(ccf_um: Iterable[float], world_space: str = "MICe") -> tuple[float, float, float]:
     """Return the world point (mm) of a CCF position (AP, DV, LR) in µm, in *world_space*.
 
+    :func:`abc_helpers.ccf.um_to_world` for one point, rounded to 1e-9 mm.
+
     Examples
     --------
     >>> expected_world_point((5300, 5300, 5700), "MICe")
@@ -158,13 +164,8 @@ def expected_world_point(ccf_um: Iterable[float], world_space: str = "MICe") -> 
     >>> expected_world_point((1000, 2000, 3000), "CCFv3")
     (1.0, 2.0, 3.0)
     """
-    ap, dv, lr = (float(v) / 1000.0 for v in ccf_um)
-    if world_space == "MICe":
-        return (round(lr - 5.7, 9), round(5.3 - ap, 9), round(5.3 - dv, 9))
-    if world_space == "CCFv3":
-        return (ap, dv, lr)
-    raise ValueError(f"Unknown world space '{world_space}': use 'MICe' or 'CCFv3'.")
-
+    x, y, z = (round(float(v), 9) + 0.0 for v in um_to_world(list(ccf_um), world_space))
+    return (x, y, z)
 
 
 def world_plane(image, axis: int, value: float,

@@ -13,8 +13,8 @@ Everything written here is **synthetic**, shaped like the real bucket:
   table and the two ``views/`` tables (``example_genes_all_cells_expression`` equals the log2
   matrices);
 - the WMB taxonomy (real 34 classes and 10 neurotransmitter terms, ~200 clusters), the
-  WMB-neighborhoods UMAPs, a coarse 200 um Allen CCF with real structure ids, and a small MERFISH
-  experiment registered to it.
+  WMB-neighborhoods UMAPs, the Allen CCF volumes at 200 um drawn from the sample world's one
+  synthetic brain (:mod:`.brain`, real structure ids), and a small MERFISH experiment in it.
 
 See :mod:`.abc_taxonomy`, :mod:`.abc_cells`, :mod:`.abc_ccf` and :mod:`.abc_merfish` for how each
 part is shaped.
@@ -39,6 +39,7 @@ from .abc_ccf import (
     build_annotation,
     nii_gz_bytes,
     parcellation_tables,
+    section_index,
     structure_tree,
     template,
 )
@@ -130,7 +131,7 @@ class _World:
         self.means = expression_means(self.taxonomy, self.genes)
         self.cells = build_cells(self.taxonomy)
         self.tree = structure_tree()
-        self.annotation = build_annotation(self.tree)
+        self.annotation = build_annotation()
         self.matrices: dict[str, tuple] = {}  # matrix label -> (raw, log2, obs)
         rng = np.random.default_rng(24)
         for _, matrix, _, _ in MATRICES:
@@ -286,7 +287,7 @@ class _World:
 
     def merfish_volumes(self) -> dict[str, bytes]:
         # one 2-D slice of the CCF per section, stacked in reconstructed space [z, y=DV, x=LR]
-        ap_index = [int(ap / SPACING_MM) for _, ap in SECTIONS]
+        ap_index = [section_index(ap) for _, ap in SECTIONS]
         annotation = np.ascontiguousarray(self.annotation[ap_index])  # [section, DV, LR]
         spacing = (SPACING_MM,) * 3
         return {

@@ -1,11 +1,10 @@
-"""A coarse synthetic CCF (200 um) and a small synthetic MERFISH experiment for the sample world.
+"""The ABC generator's ``Allen-CCF-2020`` files (200 um volumes, parcellation tables) from the sample brain.
 
-The volume is a mouse-brain-shaped ellipsoid on a 200 um grid (AP 66 x DV 40 x LR 57 voxels;
-SimpleITK x = AP, y = DV, z = LR, spacing in mm) whose voxels carry ``parcellation_index``
-values of real Allen structures (olfactory bulb, isocortical areas, hippocampus, striatum,
-thalamus, hypothalamus, midbrain, pons, medulla, cerebellum, fibre tracts, ventricles) taken
-from the real structure tree (``data/allen_structure_tree.csv``); the geometry is synthetic.
-MERFISH cells sit in 8 coronal sections and take their cell types from the region they fall in.
+The annotation is the sample world's one synthetic brain (:mod:`.brain`) sampled at 200 um: voxel
+``[i, j, k]`` at CCF (AP, DV, LR) = ``(i, j, k) * 200`` um, SimpleITK x = AP, y = DV, z = LR with
+spacing in mm, as the real ``annotation_10.nii.gz`` is at 10 um. Its values are
+``parcellation_index`` values (row numbers of the real structure tree), 0 outside the brain. The
+MERFISH cells (:mod:`.abc_merfish`) sit in 8 coronal sections of it.
 """
 
 from __future__ import annotations
@@ -16,9 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-SPACING_MM = 0.2
-SHAPE_AP_DV_LR = (66, 40, 57)
-_MID_LR = 5.7
+from . import brain
+
+#: Voxel size of the sample's ABC CCF volumes (the real ones are 10 um).
+RESOLUTION_UM = 200
+SPACING_MM = RESOLUTION_UM / 1000
 
 #: Division acronym -> the region key of the 10x class mix (abc_cells.REGION_CLASSES).
 DIVISION_REGION = {"Isocortex": "Isocortex", "OLF": "OLF", "HPF": "HPF", "CTXsp": "CTXsp",
@@ -31,85 +32,21 @@ _CATEGORIES = {8: "grey", 1009: "fiber tracts", 73: "VS"}
 
 
 def structure_tree() -> pd.DataFrame:
-    """Return the real Allen structure tree shipped with the package (row order = index)."""
-    path = Path(__file__).parent / "data" / "allen_structure_tree.csv"
-    return pd.read_csv(path, usecols=["id", "name", "acronym", "structure_id_path",
-                                      "color_hex_triplet"], dtype={"color_hex_triplet": str})
+    """Return the real Allen structure tree shipped with the package (row order = parcellation index)."""
+    return brain.structure_tree()
 
 
-def build_annotation(tree: pd.DataFrame) -> np.ndarray:
-    """Return the annotation volume as a ``uint32`` array indexed ``[AP, DV, LR]``.
+def build_annotation() -> np.ndarray:
+    """Return the ABC annotation volume: the sample brain at 200 um as ``parcellation_index`` values.
 
-    Values are parcellation indices (row numbers of the structure tree; 0 = outside the brain).
+    Returns
+    -------
+    numpy.ndarray
+        ``uint32``, indexed ``[AP, DV, LR]`` (66 x 40 x 57); 0 outside the brain.
     """
-    n_ap, n_dv, n_lr = SHAPE_AP_DV_LR
-    ap, dv, lr = np.meshgrid((np.arange(n_ap) + 0.5) * SPACING_MM, (np.arange(n_dv) + 0.5) * SPACING_MM,
-                             (np.arange(n_lr) + 0.5) * SPACING_MM, indexing="ij")
-    d = np.abs(lr - _MID_LR)
-    mask = (((ap - 6.9) / 6.2) ** 2 + ((dv - 4.3) / 3.6) ** 2 + (d / 5.0) ** 2 < 1) & (dv > 0.6)
-    top = np.where(mask.any(axis=1), mask.argmax(axis=1), n_dv) * SPACING_MM  # [ap, lr]
-    depth = dv - top[:, None, :]
-    label = np.full(mask.shape, "", dtype=object)
-
-    def put(cond, acronym):
-        label[mask & cond] = acronym
-
-    cereb = (ap >= 2.3) & (ap < 9.6)
-    put(ap < 2.3, "MOB")
-    put((ap < 2.3) & (ap > 1.7) & (depth < 0.5), "AOB")
-    # fillers for the rest of the cerebrum and diencephalon, overwritten below
-    put(cereb & (ap < 6.2), "CP")
-    put(cereb & (ap < 6.2) & (dv >= 5.0), "ACB")
-    put(cereb & (ap >= 6.2) & (ap < 8.0), "VPM")
-    put(cereb & (ap >= 6.2) & (ap < 8.0) & (dv >= 5.0), "LHA")
-    put(cereb & (ap >= 8.0), "MB")
-    cortex = cereb & (depth < 1.1)
-    put(cortex & (ap < 3.8), "MOs")
-    put(cortex & (ap >= 3.8) & (ap < 5.2), "MOp")
-    put(cortex & (ap >= 5.2) & (ap < 7.2), "SSp")
-    put(cortex & (ap >= 5.2) & (ap < 7.2) & (d > 3.6), "SSs")
-    put(cortex & (ap >= 7.2), "VISp")
-    put(cortex & (ap >= 7.2) & (d < 1.0), "RSP")
-    put(cortex & (ap >= 3.0) & (ap < 6.0) & (d < 0.6), "ACAd")
-    put(cortex & (ap >= 6.5) & (ap < 8.5) & (d > 4.2), "AUDp")
-    put(cereb & (d > 3.4) & (dv > 4.6), "PIR")
-    put(cereb & (ap >= 7.5) & (d > 3.8) & (dv > 3.6), "ENTl")
-    put(cereb & (depth >= 1.1) & (depth < 1.35) & (ap > 3.0) & (ap < 9.0), "cc")
-    hip = (ap > 6.2) & (ap < 9.2) & (depth >= 1.35) & (depth < 3.0) & (d > 0.8) & (d < 4.2)
-    put(hip, "CA3")
-    put(hip & (depth < 2.4), "DG")
-    put(hip & (depth < 1.9), "CA1")
-    put((ap > 3.0) & (ap < 6.2) & (dv > 2.4) & (dv < 5.6) & (d > 0.8) & (d < 3.8), "CP")
-    put((ap > 3.0) & (ap < 5.5) & (dv >= 5.0) & (dv < 6.2) & (d > 0.5) & (d < 2.5), "ACB")
-    put((ap > 4.0) & (ap < 6.0) & (dv > 2.0) & (dv < 3.2) & (d > 0.5) & (d < 0.9), "VL")
-    put((ap > 5.2) & (ap < 6.4) & (dv > 3.8) & (dv < 5.0) & (d > 1.8) & (d < 3.0), "GPe")
-    put((ap > 3.5) & (ap < 6.0) & (d > 3.9) & (d < 4.4) & (dv > 2.6) & (dv < 4.6), "CLA")
-    put((ap > 6.0) & (ap < 7.5) & (d > 3.0) & (d < 4.2) & (dv > 5.0), "BLA")
-    th = (ap > 6.2) & (ap < 8.0) & (dv > 2.9) & (dv < 5.0) & (d < 2.6) & (depth >= 1.35)
-    put(th, "VPM")
-    put(th & (d < 0.6), "MD")
-    put(th & (d > 2.0) & (dv < 3.8), "LGd")
-    hy = (ap > 5.6) & (ap < 8.0) & (dv >= 5.0) & (d < 1.8)
-    put(hy, "HY")
-    put(hy & (d > 0.9), "LHA")
-    put(hy & (dv < 5.6) & (d < 0.5), "PVH")
-    put((ap > 6.0) & (ap < 8.0) & (d < 0.15) & (dv > 3.5), "V3")
-    mb = (ap >= 8.0) & (ap < 9.6) & (depth >= 1.1) & (dv < 5.6)
-    put(mb, "MB")
-    put(mb & (dv < 2.6), "SCs")
-    put(mb & (d < 0.8) & (dv >= 2.6), "PAG")
-    put(mb & (d > 1.6) & (dv > 4.4), "SNr")
-    put((ap >= 8.0) & (ap < 10.2) & (dv >= 5.6), "P")
-    hind = ap >= 9.6
-    put(hind & (dv < 4.8), "CBX")
-    put(hind & (dv < 4.8) & (depth > 2.2) & (d < 2.0), "CBN")
-    put(hind & (dv >= 4.8), "MY")
-    put(hind & (dv >= 4.8) & (ap < 10.2), "P")
-    index_of = {a: i for i, a in enumerate(tree["acronym"])}
-    out = np.zeros(mask.shape, dtype=np.uint32)
-    for acronym in set(label[mask].tolist()):
-        out[label == acronym] = index_of[acronym]
-    return out
+    ids = brain.annotation(RESOLUTION_UM)
+    values, inverse = np.unique(ids, return_inverse=True)
+    return brain.parcellation_index(values)[inverse].reshape(ids.shape)
 
 
 def boundary(annotation: np.ndarray) -> np.ndarray:
@@ -184,8 +121,9 @@ def parcellation_tables(tree: pd.DataFrame, annotation: np.ndarray) -> dict[str,
         path = [int(p) for p in node["structure_id_path"].strip("/").split("/")]
         category = next(s for s in path if s in _CATEGORIES)
         division = next((s for s in reversed(path) if s in _DIVISIONS), category)
+        structure = brain.structure_level(int(node["id"]))  # VISp for VISp5, DG for DG-sg
         rows.append((int(idx), {"organ": ("brain", "brain", "FFFFFF"), "category": term_of(category),
-                                "division": term_of(division), "structure": term_of(int(node["id"])),
+                                "division": term_of(division), "structure": term_of(structure),
                                 "substructure": term_of(int(node["id"]))}))
     voxel_mm3 = SPACING_MM ** 3
     parcellation = pd.DataFrame({
@@ -269,6 +207,11 @@ def division_of_index(tree: pd.DataFrame, annotation: np.ndarray) -> dict[int, s
     return out
 
 
-#: AP positions (mm) of the 8 MERFISH sections and their real-style labels.
-SECTIONS = tuple((f"C57BL6J-638850.{n:02d}", ap) for n, ap in
-                 zip((5, 12, 21, 30, 38, 46, 54, 62), (1.9, 3.3, 4.5, 5.7, 6.9, 8.1, 9.3, 10.5), strict=True))
+#: AP positions (mm, on the 200 um grid, every 600 um) of the 16 MERFISH sections and their real-style labels.
+SECTIONS = tuple((f"C57BL6J-638850.{round(5 + (ap - 2.0) / 0.2):02d}", round(ap, 1))
+                 for ap in np.arange(1.4, 10.7, 0.6))
+
+
+def section_index(ap_mm: float) -> int:
+    """Return the AP voxel index (200 um volumes) of a section at *ap_mm*."""
+    return int(np.floor(ap_mm / SPACING_MM + 0.5))

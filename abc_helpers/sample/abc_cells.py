@@ -47,6 +47,17 @@ _FEATURED_NAMES = {
     "Slc18a3": "solute carrier family 18 (vesicular monoamine), member 3",
 }
 
+#: Region and cell-type marker genes shared with the ISH sample (symbol -> real Ensembl id, real
+#: name): their synthetic expression follows the same cell types as the ISH patterns' structures,
+#: so that chapter 5 can set the two atlases side by side.
+PANEL_GENES: dict[str, tuple[str, str]] = {
+    "Calb1": ("ENSMUSG00000028222", "calbindin 1"),
+    "Gad1": ("ENSMUSG00000070880", "glutamate decarboxylase 1"),
+    "Prox1": ("ENSMUSG00000010175", "prospero homeobox 1"),
+    "Pvalb": ("ENSMUSG00000005716", "parvalbumin"),
+    "Tcf7l2": ("ENSMUSG00000024985", "transcription factor 7 like 2, T cell specific, HMG box"),
+}
+
 # Real rows of the real gene.csv (abc_tables.md section 4): (id, symbol, name, ncbi, comment).
 _REAL_HEAD = (
     ("ENSMUSG00000051951", "Xkr4", "X-linked Kx blood group related 4", "NCBIGene:497097", ""),
@@ -104,7 +115,11 @@ MATRICES: tuple[tuple[str, str, str, int], ...] = (
 
 _METHOD = {"WMB-10Xv2": "10Xv2", "WMB-10Xv3": "10Xv3", "WMB-10XMulti": "10xRSeq_Mult"}
 
-#: Dissection regions of interest (real acronyms, order, labels; colours partly real).
+#: Dissection regions of interest (real acronyms, order, labels; colours partly real). As in the
+#: real release, an ROI acronym joins real CCF acronyms with "-" ("VIS-PTLp", "SS-GU-VISC"): a CCF
+#: structure lies in the ROIs one of whose parts is the structure or one of its ancestors (VISp ->
+#: VIS-PTLp and VIS, LP -> TH, CA1 -> HIP), and an ROI's cells come from the matrices of the
+#: division those structures are in (tests/sample/test_brain.py checks it).
 ROIS: tuple[tuple[str, str, str], ...] = (
     ("MO-FRP", "Somatomotor - Frontal pole", "#3DCC7C"),
     ("MOp", "Primary motor area", "#179968"),
@@ -191,7 +206,8 @@ def build_genes(n_genes: int = N_GENES) -> pd.DataFrame:
     "no expression" genes and the real tail) are placed among synthetic filler genes whose ids
     (``ENSMUSG00099xxxxxx``) and symbols (``Synth####``) cannot be mistaken for real ones.
     """
-    filler_needed = n_genes - len(_REAL_HEAD) - len(FEATURED_GENES) - len(_REAL_NO_EXPRESSION) - len(_REAL_TAIL)
+    filler_needed = (n_genes - len(_REAL_HEAD) - len(FEATURED_GENES) - len(PANEL_GENES)
+                     - len(_REAL_NO_EXPRESSION) - len(_REAL_TAIL))
     rows: list[tuple[str, str, str, str, str]] = list(_REAL_HEAD)
     middle: list[tuple[str, str, str, str, str]] = [
         (f"ENSMUSG{99_000_000 + i:011d}", f"Synth{i:04d}", "synthetic sample gene", "", "")
@@ -199,6 +215,7 @@ def build_genes(n_genes: int = N_GENES) -> pd.DataFrame:
     ]
     # spread the featured genes (genome order) and no-expression genes through the fillers
     inserts = [(sym, gid, _FEATURED_NAMES[sym], "", "") for sym, gid in FEATURED_GENES.items()]
+    inserts += [(sym, gid, name, "", "") for sym, (gid, name) in PANEL_GENES.items()]
     step = filler_needed // (len(inserts) + 1)
     for k, (sym, gid, name, ncbi, comment) in reversed(list(enumerate(inserts, start=1))):
         middle.insert(k * step, (gid, sym, name, ncbi, comment))
@@ -252,11 +269,25 @@ def _featured_means(row: pd.Series) -> dict[str, float]:
     return m
 
 
+def _panel_means(row: pd.Series) -> dict[str, float]:
+    """Mean raw counts of the panel genes in one cluster: the cell types of the ISH patterns."""
+    c, nt, sub = int(row["class_number"]), row["neurotransmitter"], row["subclass"]
+    m = dict.fromkeys(PANEL_GENES, 0.02)
+    m["Prox1"] = {4: 7.0, 6: 1.5}.get(c, 0.02)  # dentate granule cells; CGE interneurons
+    m["Tcf7l2"] = {18: 7.0, 19: 2.0, 20: 1.5, 31: 0.8}.get(c, 0.02)  # thalamus, then midbrain
+    if nt in ("GABA", "GABA-Glyc", "Glut-GABA"):
+        m["Gad1"] = 6.0
+    m["Pvalb"] = 6.0 if "Pvalb" in sub else {28: 5.0}.get(c, 0.03)
+    m["Calb1"] = {4: 4.0, 28: 6.0, 1: 1.0, 18: 0.8}.get(c, 0.05)
+    return m
+
+
 def expression_means(taxonomy: Taxonomy, genes: pd.DataFrame, seed: int = 7) -> pd.DataFrame:
     """Return the mean raw count of every gene in every cluster (clusters x genes).
 
     Background genes get a log-normal mean (about 6% non-zero per cell, like 10x data), each
-    class has a few synthetic marker genes, and the featured genes follow :func:`_featured_means`.
+    class has a few synthetic marker genes, the featured genes follow :func:`_featured_means` and
+    the panel genes :func:`_panel_means`.
     "no expression" genes are zero everywhere.
     """
     rng = np.random.default_rng(seed)
@@ -267,11 +298,11 @@ def expression_means(taxonomy: Taxonomy, genes: pd.DataFrame, seed: int = 7) -> 
     markers = {c: rng.choice(synthetic, size=15, replace=False) for c in range(1, 35)}
     means = np.empty((len(clusters), n_genes))
     symbols = genes["gene_symbol"].to_numpy()
-    featured_cols = {s: int(np.flatnonzero(symbols == s)[0]) for s in FEATURED_GENES}
+    featured_cols = {s: int(np.flatnonzero(symbols == s)[0]) for s in (*FEATURED_GENES, *PANEL_GENES)}
     for i, (_, row) in enumerate(clusters.iterrows()):
         lam = base * rng.lognormal(0.0, 0.3, size=n_genes)
         lam[markers[int(row["class_number"])]] *= 12.0
-        for sym, value in _featured_means(row).items():
+        for sym, value in {**_featured_means(row), **_panel_means(row)}.items():
             lam[featured_cols[sym]] = value * rng.lognormal(0.0, 0.15)
         means[i] = lam
     means[:, (genes["comment"] == "no expression").to_numpy()] = 0.0

@@ -1,7 +1,10 @@
-"""A small synthetic MERFISH experiment (C57BL6J-638850) placed in the coarse sample CCF.
+"""A small synthetic MERFISH experiment (C57BL6J-638850) placed in the sample brain's ABC CCF.
 
-Cells sit in 8 coronal sections; each cell's cell type is drawn from the 10x class mix of the
-brain division it falls in, its expression from the same cluster means as the 10x cells (a
+Cells sit in 8 coronal sections of the 200 um ABC annotation (:mod:`.abc_ccf`); each cell's CCF
+coordinates (mm; x = AP, y = DV, z = LR, as the real ``ccf_coordinates.csv``) fall in the voxel
+whose ``parcellation_index`` the cell carries. Its cell type is drawn from the 10x class mix of
+the brain division it falls in (:data:`.abc_cells.REGION_CLASSES`, the same mix as the 10x cells
+dissected from that division), its expression from the same cluster means as the 10x cells (a
 gene panel of 120 genes, like the real 500-gene panel but smaller).
 """
 
@@ -11,12 +14,13 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .abc_ccf import DIVISION_REGION, SECTIONS, SPACING_MM, division_of_index
-from .abc_cells import FEATURED_GENES, REGION_CLASSES, sample_counts
+from .abc_ccf import DIVISION_REGION, SECTIONS, SPACING_MM, division_of_index, section_index
+from .abc_cells import FEATURED_GENES, PANEL_GENES, REGION_CLASSES, sample_counts
 from .abc_taxonomy import Taxonomy
 
 MATRIX_LABEL = "C57BL6J-638850"
-CELLS_PER_SECTION = 50
+#: Cells per section: the sections are 200 um voxel planes, so small ones hold several cells per voxel.
+CELLS_PER_SECTION = 1000
 PANEL_SIZE = 120
 _NON_NEURONAL = {30: 0.35, 31: 0.45, 33: 0.12, 34: 0.08}
 
@@ -26,10 +30,11 @@ CELL_METADATA_COLUMNS = ["cell_label", "brain_section_label", "cluster_alias",
 
 
 def panel(genes: pd.DataFrame) -> pd.DataFrame:
-    """Return the MERFISH gene panel: the featured genes plus expressed synthetic genes."""
-    featured = genes["gene_symbol"].isin(list(FEATURED_GENES))
+    """Return the MERFISH gene panel: the featured and panel genes plus expressed synthetic genes."""
+    featured = genes["gene_symbol"].isin([*FEATURED_GENES, *PANEL_GENES])
     synthetic = genes.index[genes["gene_symbol"].str.startswith("Synth")]
-    keep = set(genes.index[featured]) | set(synthetic[:: max(1, len(synthetic) // (PANEL_SIZE - 10))][: PANEL_SIZE - 10])
+    n_synthetic = PANEL_SIZE - int(featured.sum())
+    keep = set(genes.index[featured]) | set(synthetic[:: max(1, len(synthetic) // n_synthetic)][:n_synthetic])
     return genes.loc[sorted(keep)].reset_index(drop=True)
 
 
@@ -48,20 +53,21 @@ def build_merfish(taxonomy: Taxonomy, annotation: np.ndarray, tree: pd.DataFrame
     cl = taxonomy.clusters
     by_class = {c: cl.index[cl["class_number"] == c].to_numpy() for c in range(1, 35)}
     rows = []
+    half = 0.495 * SPACING_MM  # inside the voxel: the nearest voxel of a cell is its own
     for z_index, (section, ap) in enumerate(SECTIONS):
-        ap_i = int(ap / SPACING_MM)
+        ap_i = section_index(ap)
         dv_i, lr_i = np.nonzero(annotation[ap_i] > 0)
-        pick = rng.choice(len(dv_i), size=CELLS_PER_SECTION, replace=False)
+        pick = rng.choice(len(dv_i), size=CELLS_PER_SECTION, replace=len(dv_i) < CELLS_PER_SECTION)
         for k in pick:
             idx = int(annotation[ap_i, dv_i[k], lr_i[k]])
             mix = REGION_CLASSES.get(DIVISION_REGION.get(division[idx], ""), _NON_NEURONAL)
             classes = np.array(list(mix))
             p = np.array(list(mix.values()))
             alias = rng.choice(by_class[int(rng.choice(classes, p=p / p.sum()))])
-            dv = (dv_i[k] + rng.uniform()) * SPACING_MM
-            lr = (lr_i[k] + rng.uniform()) * SPACING_MM
+            ap_mm, dv_mm, lr_mm = (np.array([ap_i, dv_i[k], lr_i[k]]) * SPACING_MM
+                                   + rng.uniform(-half, half, size=3))
             rows.append({"brain_section_label": section, "cluster_alias": int(alias),
-                         "ap": (ap_i + rng.uniform()) * SPACING_MM, "dv": dv, "lr": lr,
+                         "ap": ap_mm, "dv": dv_mm, "lr": lr_mm,
                          "z_section": z_index * SPACING_MM, "parcellation_index": idx})
     cells = pd.DataFrame(rows)
     n = len(cells)

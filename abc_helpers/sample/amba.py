@@ -1,11 +1,12 @@
 """Sample generator for the Allen Mouse Brain Atlas API: SectionDataSets and 3-D expression grids.
 
-Everything here is **synthetic**. A coarse 200 µm "brain" is drawn from a handful of ellipsoids on
-the real grid (67 x 41 x 58 voxels, CCF PIR axes) and labelled with real structure ids and
-acronyms of the Allen structure tree (``data/allen_structure_tree.csv``). Each gene is enriched in
-a few regions (Pcp2 in the Purkinje layer, Ppp1r1b in the striatum, Prox1 in the dentate gyrus,
-...), each experiment adds its own gain, noise and missing sections, and everything outside the
-brain is -1 (no data), like the real ``energy.raw``. Gene and experiment metadata copy the
+Everything here is **synthetic**. The grid annotation is the sample world's one brain
+(:mod:`.brain`, real structure ids and acronyms of the Allen structure tree) sampled on the real
+200 µm grid (67 x 41 x 58 voxels, CCF PIR axes; voxel ``i`` at CCF ``i * 200`` µm, the last plane
+of each axis past the CCF extent is outside the brain). Each gene is enriched in a few structures
+with their descendants (Pcp2 in the Purkinje layer, Ppp1r1b in the striatum, Prox1 in the dentate
+gyrus, ...), each experiment adds its own gain, noise and missing sections, and everything
+outside the brain is -1 (no data), like the real ``energy.raw``. Gene and experiment metadata copy the
 columns of the Allen ISH grid download script's query; the ten genes shown in its output keep their real ids, the others have
 real acronyms, names and Entrez ids and synthetic experiment ids.
 
@@ -17,7 +18,6 @@ Files written under ``<world>/allen-api/``::
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import zipfile
@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cachefolder import atomic_path, atomic_write_text
+from . import brain
 from .world import WorldWriter
 
 #: Grid shape in numpy (C) order: (LR, DV, AP), i.e. MetaImage DimSize 67 41 58 reversed.
@@ -116,123 +117,34 @@ NO_ENERGY_GENES = ("Vip", "Hoxb5")
 NO_GRID_GENES = ("Drd2",)
 
 
-# -- the coarse annotation ------------------------------------------------------------------------
-@lru_cache(maxsize=1)
-def structure_tree() -> dict[str, dict]:
-    """Return the Allen structure tree shipped with the sample, keyed by acronym."""
-    path = Path(__file__).parent / "data" / "allen_structure_tree.csv"
-    with open(path, newline="") as fh:
-        return {row["acronym"]: row for row in csv.DictReader(fh)}
-
-
+# -- the annotation ---------------------------------------------------------------------------------
 def structure_id(acronym: str) -> int:
     """Return the real Allen structure id of *acronym*."""
-    return int(structure_tree()[acronym]["id"])
-
-
-def _ellipsoid(a, d, lr, centre, radii) -> np.ndarray:
-    return (((a - centre[0]) / radii[0]) ** 2 + ((d - centre[1]) / radii[1]) ** 2
-            + ((lr - centre[2]) / radii[2]) ** 2) <= 1.0
-
-
-def _pair(a, d, lr, centre, radii) -> np.ndarray:
-    """Two ellipsoids mirrored about the midline (LR 5.7 mm); centre[2] is the lateral offset."""
-    left = _ellipsoid(a, d, lr, (centre[0], centre[1], 5.7 - centre[2]), radii)
-    right = _ellipsoid(a, d, lr, (centre[0], centre[1], 5.7 + centre[2]), radii)
-    return left | right
+    return brain.structure_id(acronym)
 
 
 @lru_cache(maxsize=1)
 def grid_annotation() -> np.ndarray:
-    """Return the synthetic 200 µm annotation: uint32 structure ids, shape (58, 41, 67) = (LR, DV, AP).
+    """Return the 200 µm grid annotation: uint32 structure ids, shape (58, 41, 67) = (LR, DV, AP).
 
-    Voxel ``[l, d, a]`` sits at CCF (AP, DV, LR) = (200 a, 200 d, 200 l) µm; 0 is outside the brain.
-    The shapes are coarse ellipsoids, the ids and acronyms are real.
+    Voxel ``[l, d, a]`` sits at CCF (AP, DV, LR) = (200 a, 200 d, 200 l) µm; 0 is outside the brain
+    (the sample brain at 200 µm, padded with one empty plane per axis to the real grid's size).
     """
-    from scipy import ndimage
-
-    lr, d, a = np.meshgrid(*(np.arange(n) * GRID_SPACING_UM / 1000 for n in GRID_SHAPE), indexing="ij")
-    ids = {k: structure_id(k) for k in (
-        "MOB", "PIR", "CP", "ACB", "LS", "VL", "int", "cc", "CA1", "CA3", "DG", "TH", "HY", "ARH",
-        "MB", "VTA", "SNc", "P", "MY", "CBXmo", "CBXpu", "CBXgr", "arb")}
-    out = np.zeros(GRID_SHAPE, np.uint32)
-
-    cerebrum = _ellipsoid(a, d, lr, (5.8, 3.4, 5.7), (4.0, 2.9, 4.6))
-    stem = _ellipsoid(a, d, lr, (8.6, 5.0, 5.7), (3.4, 2.4, 2.6))
-    cerebellum = _ellipsoid(a, d, lr, (10.9, 3.8, 5.7), (1.9, 2.6, 3.8)) & ~cerebrum
-    medulla = _ellipsoid(a, d, lr, (11.6, 6.0, 5.7), (2.2, 1.4, 1.8))
-    bulb = _pair(a, d, lr, (1.6, 3.3, 0.85), (1.3, 1.4, 0.85))
-    inside = (d >= 0.3) & (d <= 7.6) & (a <= 13.0)
-
-    def brainstem(mask):
-        dien = mask & (a < 7.9)
-        out[dien & (d < 5.2)] = ids["TH"]
-        out[dien & (d >= 5.2)] = ids["HY"]
-        mid = mask & (a >= 7.9) & (a < 9.7)
-        out[mid & (d < 6.0)] = ids["MB"]
-        out[mid & (d >= 6.0)] = ids["P"]
-        out[mask & (a >= 9.7)] = ids["P"]
-
-    brainstem(stem)
-    out[medulla & (a >= 10.0)] = ids["MY"]
-    depth_cb = ndimage.distance_transform_edt(cerebellum)
-    for lo, hi, name in ((0, 1, "CBXmo"), (1, 2, "CBXpu"), (2, 4, "CBXgr"), (4, 99, "arb")):
-        out[cerebellum & (depth_cb > lo) & (depth_cb <= hi)] = ids[name]
-    out[bulb] = ids["MOB"]
-
-    # cerebrum: a cortical sheet over the dorsal surface, white matter, then the deep nuclei
-    depth = ndimage.distance_transform_edt(cerebrum)
-    interior = cerebrum & (depth > 7)
-    out[interior & (a < 6.3)] = ids["CP"]
-    brainstem(interior & (a >= 6.3))
-    out[cerebrum & (depth > 6) & (depth <= 7) & (d < 3.8) & (a > 2.6) & (a < 9.0)] = ids["cc"]
-    for name, centre, radii in (("int", (6.0, 4.3, 2.0), (0.6, 0.9, 0.3)),
-                                ("CP", (5.0, 3.9, 2.0), (1.5, 1.3, 1.1)),
-                                ("ACB", (4.3, 5.2, 1.0), (0.7, 0.55, 0.7)),
-                                ("VL", (5.4, 3.0, 1.0), (0.7, 0.4, 0.25)),
-                                ("CA1", (7.4, 2.7, 2.0), (1.1, 0.6, 1.3))):
-        out[cerebrum & (depth > 6) & _pair(a, d, lr, centre, radii)] = ids[name]
-    out[cerebrum & _ellipsoid(a, d, lr, (5.0, 3.6, 5.7), (0.9, 1.0, 0.35))] = ids["LS"]
-    hippo = out == ids["CA1"]
-    out[hippo & (np.abs(lr - 5.7) > 2.6) & (d > 2.8)] = ids["CA3"]
-    out[cerebrum & _pair(a, d, lr, (7.4, 2.85, 2.0), (0.7, 0.3, 0.8))] = ids["DG"]
-
-    shell = cerebrum & (depth <= 6)
-    ventral = shell & (d >= 4.9)
-    out[ventral & (np.abs(lr - 5.7) > 1.8)] = ids["PIR"]
-    out[ventral & (np.abs(lr - 5.7) <= 1.8) & (a < 5.0)] = ids["ACB"]
-    out[ventral & (np.abs(lr - 5.7) <= 1.8) & (a >= 5.0)] = ids["HY"]
-    cortex = shell & (d < 4.9)
-    area = np.where(a < 4.6, 0, np.where(a < 7.6, 1, 2))
-    area[(d > 3.6) & (a >= 5.0) & (a < 9.0)] = 3
-    layers = {"MOp": ("1", "2/3", "2/3", "5", "5", "6a"),
-              "SSp-bfd": ("1", "2/3", "2/3", "4", "5", "6a"),
-              "VISp": ("1", "2/3", "2/3", "4", "5", "6a"),
-              "AUDp": ("1", "2/3", "2/3", "4", "5", "6a")}
-    layer_of = np.clip(np.ceil(depth).astype(int), 1, 6) - 1
-    for code, (name, names) in enumerate(layers.items()):
-        in_area = cortex & (area == code)
-        for k, layer in enumerate(names):
-            out[in_area & (layer_of == k)] = structure_id(f"{name}{layer}")
-
-    for name, centre, radii in (("VTA", (8.8, 6.0, 0.5), (0.5, 0.4, 0.4)),
-                                ("SNc", (8.8, 5.8, 1.5), (0.6, 0.3, 0.5))):
-        out[stem & _pair(a, d, lr, centre, radii)] = ids[name]
-    out[(out > 0) & _ellipsoid(a, d, lr, (7.6, 7.0, 5.7), (0.6, 0.4, 0.4))] = ids["ARH"]
-    out[~inside] = 0
+    ccf = brain.annotation(GRID_SPACING_UM)  # [AP, DV, LR], 66 x 40 x 57
+    padded = np.zeros(GRID_SHAPE[::-1], dtype=np.uint32)  # [AP, DV, LR], 67 x 41 x 58
+    padded[: ccf.shape[0], : ccf.shape[1], : ccf.shape[2]] = ccf
+    out = np.ascontiguousarray(padded.transpose(2, 1, 0))
+    out.flags.writeable = False
     return out
 
 
 def _ancestor_masks(annotation: np.ndarray, acronyms: set[str]) -> dict[str, np.ndarray]:
     """Return, per acronym, the voxels whose structure is that structure or one of its descendants."""
-    tree = structure_tree()
-    by_id = {int(r["id"]): r for r in tree.values()}
     labels = np.unique(annotation[annotation > 0])
     masks = {}
     for acronym in acronyms:
-        sid = tree[acronym]["id"]
-        hits = [lab for lab in labels if f"/{sid}/" in by_id[int(lab)]["structure_id_path"]]
-        masks[acronym] = np.isin(annotation, hits)
+        below = brain.descendants(acronym)
+        masks[acronym] = np.isin(annotation, [lab for lab in labels if int(lab) in below])
     return masks
 
 

@@ -11,21 +11,28 @@ real bucket ``visual-behavior-neuropixels-data``::
 
 The sample's release history (invented, shaped like the real one):
 
-* ``v0.1.0``: the five tables and NWB files for three sessions; ``units.csv`` without ``quality``
-  and with ``amplitude`` twice too large (the real scaling bug fixed in the real v0.5.0);
+* ``v0.1.0``: the five tables and the NWB files of all sessions but one; ``units.csv`` without
+  ``quality`` and with ``amplitude`` twice too large (the real scaling bug fixed in the real
+  v0.5.0);
 * ``v0.2.0``: ``units.csv`` changed (amplitude fixed, ``quality`` added): a new S3 version;
-* ``v0.3.0``: one more session NWB file created; every other file unchanged.
+* ``v0.3.0``: the last session's NWB file created; every other file unchanged. From here on every
+  session with a ``file_id`` has its NWB file, as in the real release.
+
+Probe tracks are straight lines through the sample brain (:mod:`.brain`); each channel's
+``structure_acronym`` is the annotation at its CCF coordinate (the area for cortical layers,
+``'DG'`` for the dentate gyrus's layers, ``'root'`` outside the brain) and units inherit their
+channel's. The NWB files (:mod:`.vbn_nwb`) are small (units, spike times for 10 s, electrodes)
+and plain NWB: the AllenSDK's ``get_ecephys_session`` cannot open them, because it reads the
+behavior and stimulus data of a full session through the Allen NWB extensions.
 """
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import hashlib
 import io
 import json
 import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +40,8 @@ import numpy as np
 import pandas as pd
 
 from ..sources import VBN_BUCKET
+from . import brain
+from .vbn_nwb import SessionNwbWriter
 from .world import WorldWriter
 
 #: The project folder at the top of the bucket.
@@ -77,20 +86,21 @@ COLUMNS = {
         "recovery_slope", "repolarization_slope", "spread", "velocity_above", "velocity_below"],
 }
 
-#: Each probe's synthetic track, from the brain surface down to the tip (real acronyms).
-PROBE_TRACKS = {
-    "probeA": ["VISam", "CA1", "DG-mo", "DG-sg", "LP", "APN"],
-    "probeB": ["VISpm", "CA1", "DG-mo", "DG-po", "LP", "POL", "MRN"],
-    "probeC": ["VISp", "CA1", "CA3", "DG-sg", "LGd", "MB", "MRN"],
-    "probeD": ["VISl", "CA1", "CA3", "LGv", "TH", "MGv"],
-    "probeE": ["VISal", "CA1", "ProS", "SUB", "DG-sg", "MGd", "SGN"],
-    "probeF": ["VISrl", "CA1", "DG-mo", "LP", "PoT", "NOT"],
+#: Each probe's insertion, like the real rigs' six probes: the visual area it enters, the entry
+#: point on the brain surface (AP, LR in CCF um), the direction from the tip up the shank (AP, DV,
+#: LR) and how deep the tip goes below the surface (um). The structures along the track are those
+#: of the sample brain (:mod:`.brain`): visual cortex, hippocampus, then thalamus or midbrain.
+PROBE_INSERTIONS: dict[str, tuple[str, tuple[int, int], tuple[float, float, float], int]] = {
+    "probeA": ("VISam", (8100, 6750), (-0.12, -0.98, -0.05), 3050),
+    "probeB": ("VISpm", (9000, 6650), (0.12, -0.98, -0.08), 3050),
+    "probeC": ("VISp", (9400, 7550), (0.2, -0.96, -0.05), 3050),
+    "probeD": ("VISl", (8800, 8600), (0.2, -0.97, 0.2), 3050),
+    "probeE": ("VISal", (8200, 8850), (-0.25, -0.9, 0.3), 3050),
+    "probeF": ("VISrl", (7500, 8300), (-0.3, -0.92, 0.2), 3050),
 }
-#: Synthetic tip position (AP, DV, LR in CCF micrometres) and insertion direction per probe.
-_PROBE_TIPS = {"probeA": (8200, 4300, 6900), "probeB": (8900, 4500, 6600), "probeC": (9100, 4400, 7700),
-               "probeD": (8600, 4700, 8400), "probeE": (8000, 4600, 8800), "probeF": (7500, 4200, 8000)}
-_PROBE_DIRS = {"probeA": (-0.25, -0.95, 0.18), "probeB": (0.1, -0.97, 0.2), "probeC": (0.2, -0.95, -0.22),
-               "probeD": (0.05, -0.93, -0.36), "probeE": (-0.2, -0.9, -0.38), "probeF": (-0.3, -0.92, -0.25)}
+#: Spacing of the channels along the track in the CCF (um per channel; 20 um per channel row on
+#: the shank, shrunk by the tissue, as the real coordinates are).
+CHANNEL_STEP_UM = 8.5
 GENOTYPES = ["Sst-IRES-Cre/wt;Ai32(RCL-ChR2(H134R)_EYFP)/wt",
              "Vip-IRES-Cre/wt;Ai32(RCL-ChR2(H134R)_EYFP)/wt", "wt/wt"]
 _TRAINING = ["TRAINING_0_gratings_autorewards_15min", "TRAINING_1_gratings",
@@ -99,7 +109,6 @@ _TRAINING = ["TRAINING_0_gratings_autorewards_15min", "TRAINING_1_gratings",
              "TRAINING_5_images_{s}_handoff_ready_5uL_reward",
              "HABITUATION_5_images_{s}_handoff_ready_3uL_reward"]
 _CHANNELS_PER_PROBE = 384
-_STRUCTURE_TREE = Path(__file__).with_name("data") / "allen_structure_tree.csv"
 _SEED = 20220607
 
 
@@ -116,7 +125,9 @@ class VbnScale:
     n_behavior_only : int
         Behavior-only (training and habituation) sessions.
     n_nwb : int
-        Sessions that get an NWB file (the last one appears only in v0.3.0).
+        Sessions that have a ``file_id`` and an NWB file (the first ones in table order; the real
+        release has one for every session). The others get ``file_id`` -999, as rows without a
+        file do in the real tables.
     """
 
     n_sessions: int
@@ -129,16 +140,56 @@ class VbnScale:
 
 #: The sample world: tens of sessions, a few hundred probes, tens of thousands of channels.
 SAMPLE_SCALE = VbnScale(n_sessions=32, n_abnormal=10, n_probes=180, n_units=12_600,
-                        n_behavior_only=160, n_nwb=4)
+                        n_behavior_only=160, n_nwb=32)
 #: The real release's counts (v0.4.0): 153 sessions (50 abnormal), 905 probes, 319,013 units.
 FULL_SCALE = VbnScale(n_sessions=153, n_abnormal=50, n_probes=905, n_units=319_013,
-                      n_behavior_only=3271, n_nwb=0)
+                      n_behavior_only=3271, n_nwb=153)
 
 
-def structure_ids() -> dict[str, int]:
-    """Return ``{acronym: structure id}`` from the real Allen structure tree shipped with the sample."""
-    with open(_STRUCTURE_TREE, newline="") as fh:
-        return {row["acronym"]: int(row["id"]) for row in csv.DictReader(fh)}
+def channel_structure(structure_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the VBN-style acronym and id of each annotation value at a channel.
+
+    The real VBN tables name the area, not the layer, in the cortex (``'VISp'`` where the
+    annotation says ``'VISp5'``) and ``'DG'`` for the dentate gyrus's layers
+    (:func:`.brain.structure_level`); points outside the brain (annotation 0) are ``'root'``
+    (997), as on the real probes. Every other structure keeps its own acronym, so the annotation
+    at a channel is always its structure or a descendant of it.
+
+    Parameters
+    ----------
+    structure_ids : numpy.ndarray
+        Annotation values (structure ids, 0 outside the brain).
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        The acronyms (object) and structure ids (int64) the tables show.
+    """
+    root = brain.structure_id("root")
+    reported = {int(sid): brain.structure_level(int(sid)) or root for sid in np.unique(structure_ids)}
+    out_ids = np.array([reported[int(s)] for s in structure_ids], dtype=np.int64)
+    acronyms = {sid: brain.acronym(sid) for sid in set(reported.values())}
+    return np.array([acronyms[int(s)] for s in out_ids], dtype=object), out_ids
+
+
+def probe_tracks(probe_names: list[str], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Return each probe's tip (CCF um) and unit direction up the shank, with a jittered entry point.
+
+    Parameters
+    ----------
+    probe_names : list of str
+        One name of :data:`PROBE_INSERTIONS` per probe.
+    rng : numpy.random.Generator
+        Jitters each entry point (about 80 um) and depth (about 60 um).
+    """
+    n = len(probe_names)
+    entry = np.array([PROBE_INSERTIONS[p][1] for p in probe_names], float) + rng.normal(0, 80, (n, 2))
+    up = np.array([PROBE_INSERTIONS[p][2] for p in probe_names], float)
+    up /= np.linalg.norm(up, axis=1, keepdims=True)
+    depth = np.array([PROBE_INSERTIONS[p][3] for p in probe_names], float) + rng.normal(0, 60, n)
+    surface = brain.surface_dv(entry[:, 0], entry[:, 1])
+    top = np.column_stack([entry[:, 0], surface, entry[:, 1]])
+    return top - up * depth[:, None], up
 
 
 def _date_text(when: dt.datetime) -> str:
@@ -222,15 +273,11 @@ def build_tables(scale: VbnScale = SAMPLE_SCALE, seed: int = _SEED) -> dict[str,
         Keyed by :data:`TABLE_NAMES`, each with the columns of :data:`COLUMNS` in order.
     """
     rng = np.random.default_rng(seed)
-    ids = structure_ids()
-    missing = sorted({a for t in PROBE_TRACKS.values() for a in t} - set(ids))
-    if missing:
-        raise ValueError(f"Probe track acronyms {missing} are not in {_STRUCTURE_TREE.name}.")
     eph, beh = _sessions(scale, rng)
     n_s = len(eph)
 
     # -- probes: six per session, some dropped to reach the total -----------------------------
-    names = list(PROBE_TRACKS)
+    names = list(PROBE_INSERTIONS)
     keep = np.ones((n_s, 6), bool)
     drop = rng.choice(n_s * 6, n_s * 6 - scale.n_probes, replace=False)
     keep.flat[drop] = False
@@ -247,27 +294,18 @@ def build_tables(scale: VbnScale = SAMPLE_SCALE, seed: int = _SEED) -> dict[str,
     ch_probe = np.repeat(np.arange(n_p), _CHANNELS_PER_PROBE)
     vertical = (20 * (ch_num // 2 + 1)).astype(float)
     horizontal = np.array([43.0, 11.0, 59.0, 27.0])[ch_num % 4]
-    tips = np.array([_PROBE_TIPS[names[k]] for k in probe_letter], float)
-    tips += rng.normal(0, 120, tips.shape)
-    dirs = np.array([_PROBE_DIRS[names[k]] for k in probe_letter], float)
-    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-    along = ch_num * 8.5
+    tips, dirs = probe_tracks([names[k] for k in probe_letter], rng)
+    along = ch_num * CHANNEL_STEP_UM
     ccf = np.round(tips[ch_probe] + dirs[ch_probe] * along[:, None])
-    structure = np.empty(n_c, object)
-    for p in range(n_p):
-        track = ["root"] + PROBE_TRACKS[names[probe_letter[p]]]  # surface first
-        frac = rng.dirichlet(np.r_[0.6, np.full(len(track) - 1, 3.0)])
-        edges = np.round(np.cumsum(frac) * _CHANNELS_PER_PROBE).astype(int)
-        depth_rank = _CHANNELS_PER_PROBE - 1 - np.arange(_CHANNELS_PER_PROBE)  # 0 at the top
-        seg = np.searchsorted(edges, depth_rank, side="right").clip(0, len(track) - 1)
-        structure[p * _CHANNELS_PER_PROBE:(p + 1) * _CHANNELS_PER_PROBE] = np.array(track, object)[seg]
+    structure, structure_id = channel_structure(brain.structure_at(ccf))
     valid = ch_num != 191  # the reference channel
     gaps = rng.choice([1, 1, 1, 2], n_c)
     channel_ids = 1_049_365_509 + np.cumsum(gaps) - gaps[0]
 
     # -- units: spread over probes, then over channels (none on root-free reference channel) --
     per_probe = rng.multinomial(scale.n_units, np.full(n_p, 1 / n_p))
-    weights = np.where(structure == "root", 0.15, 1.0) * valid
+    fibre = np.isin(structure_id, list(brain.descendants("fiber tracts")))
+    weights = np.where((structure == "root") | fibre, 0.15, 1.0) * valid  # few units off grey matter
     unit_ch = np.empty(scale.n_units, np.int64)
     local_index = np.empty(scale.n_units, np.int64)
     pos = 0
@@ -297,7 +335,7 @@ def build_tables(scale: VbnScale = SAMPLE_SCALE, seed: int = _SEED) -> dict[str,
         "cumulative_drift": np.round(rng.gamma(4, 50, n_u), 2),
         "d_prime": np.round(np.clip(rng.normal(4.5, 1.5, n_u), 0.3, None), 6),
         "structure_acronym": u_struct,
-        "structure_id": np.array([ids[a] for a in u_struct], np.int64),
+        "structure_id": structure_id[unit_ch],
         "firing_rate": np.round(np.exp(rng.normal(np.log(4.0), 1.0, n_u)), 6),
         "isi_violations": np.round(np.where(rng.random(n_u) < 0.5, 0.0, rng.exponential(0.3, n_u)), 6),
         "isolation_distance": np.round(np.exp(rng.normal(np.log(45), 0.5, n_u)), 6),
@@ -377,7 +415,7 @@ def build_tables(scale: VbnScale = SAMPLE_SCALE, seed: int = _SEED) -> dict[str,
         "session_number": eph["ephys_number"].astype("int64"),
         "experience_level": np.where(eph["ephys_number"] == 1, "Familiar", "Novel"),
         "prior_exposures_to_omissions": eph["omissions"],
-        "file_id": np.arange(next_file_id, next_file_id + n_s),
+        "file_id": np.where(np.arange(n_s) < scale.n_nwb, np.arange(next_file_id, next_file_id + n_s), -999),
         "abnormal_histology": histology, "abnormal_activity": activity,
     })
     next_file_id += n_s
@@ -470,127 +508,9 @@ def manifest_bytes(writer: WorldWriter, version: str, data_keys: dict[int, str],
     return (json.dumps(manifest, indent=2) + "\n").encode()
 
 
-class _FixedUUIDs:
-    """Make hdmf's object ids deterministic while an NWB file is built (restored on exit)."""
-
-    def __init__(self, seed: str) -> None:
-        self.seed, self.count = seed, 0
-
-    def __call__(self) -> uuid.UUID:
-        self.count += 1
-        digest = hashlib.sha256(f"{self.seed}/{self.count}".encode()).digest()
-        return uuid.UUID(bytes=digest[:16], version=4)
-
-    def __enter__(self) -> _FixedUUIDs:
-        import hdmf.container
-
-        self._saved = hdmf.container.uuid4
-        hdmf.container.uuid4 = self
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        import hdmf.container
-
-        hdmf.container.uuid4 = self._saved
-
-
-def write_session_nwb(path: Path, session: pd.Series, tables: dict[str, pd.DataFrame],
-                      duration: float = 30.0) -> None:
-    """Write a small, real NWB file for one ecephys session: subject, probes, electrodes, units.
-
-    Spike times are a synthetic Poisson train at each unit's ``firing_rate`` over the first
-    *duration* seconds. hdmf object ids come from the session id and the file creation date is the
-    acquisition date, so two builds give the same bytes.
-    """
-    from hdmf.common import ElementIdentifiers, VectorData, VectorIndex
-    from pynwb import NWBHDF5IO, NWBFile
-    from pynwb.ecephys import ElectrodesTable
-    from pynwb.file import Subject
-    from pynwb.misc import Units
-
-    sid = int(session["ecephys_session_id"])
-    rng = np.random.default_rng(sid)
-    probes = tables["probes"][tables["probes"]["ecephys_session_id"] == sid]
-    chans = tables["channels"][tables["channels"]["ecephys_session_id"] == sid]
-    units = tables["units"][tables["units"]["ecephys_session_id"] == sid]
-    when = dt.datetime.strptime(session["date_of_acquisition"], "%Y-%m-%d %H:%M:%S.%f+00:00")
-    when = when.replace(tzinfo=dt.timezone.utc)
-    with _FixedUUIDs(str(sid)):
-        nwb = NWBFile(
-            session_description=(f"SYNTHETIC sample of ecephys session {sid} (abc_helpers sample "
-                                 "world; not real data)"),
-            identifier=str(sid), session_id=str(sid), session_start_time=when,
-            file_create_date=[when], institution="Allen Institute (synthetic sample)",
-            stimulus_notes=str(session["session_type"]),
-            subject=Subject(subject_id=str(session["mouse_id"]), sex=str(session["sex"]),
-                            species="Mus musculus", genotype=str(session["genotype"]),
-                            age=f"P{int(session['age_in_days'])}D"),
-        )
-        groups = {}
-        for row in probes.itertuples():
-            device = nwb.create_device(name=row.name, description="Neuropixels 1.0 (synthetic)")
-            groups[row.ecephys_probe_id] = nwb.create_electrode_group(
-                name=row.name, description=f"ecephys_probe_id {row.ecephys_probe_id}",
-                location="See electrode locations", device=device)
-        group = [groups[p] for p in chans["ecephys_probe_id"]]
-
-        def col(name: str, data, description: str) -> VectorData:
-            return VectorData(name=name, description=description, data=data)
-
-        nwb.electrodes = ElectrodesTable(
-            columns=[
-                col("location", chans["structure_acronym"].tolist(), "CCF structure acronym"),
-                col("group", group, "the probe's electrode group"),
-                col("group_name", [g.name for g in group], "probe name"),
-                col("x", chans["anterior_posterior_ccf_coordinate"].to_numpy(), "CCF AP (um)"),
-                col("y", chans["dorsal_ventral_ccf_coordinate"].to_numpy(), "CCF DV (um)"),
-                col("z", chans["left_right_ccf_coordinate"].to_numpy(), "CCF LR (um)"),
-                col("probe_channel_number", chans["probe_channel_number"].to_numpy(), "channel on the probe"),
-                col("probe_vertical_position", chans["probe_vertical_position"].to_numpy(), "um from the tip"),
-                col("probe_horizontal_position", chans["probe_horizontal_position"].to_numpy(), "um across"),
-                col("valid_data", chans["valid_data"].to_numpy(), "channel usable"),
-            ],
-            id=ElementIdentifiers(name="id", data=chans["ecephys_channel_id"].to_numpy()))
-        rates = np.minimum(units["firing_rate"].to_numpy(), 60.0)
-        counts = rng.poisson(rates * duration)
-        spikes = np.concatenate([np.sort(rng.uniform(0, duration, c)) for c in counts] or [np.empty(0)])
-        times = col("spike_times", np.round(spikes, 6), "spike times (s)")
-        nwb.units = Units(
-            name="units", description="units (synthetic spike times)",
-            columns=[
-                times, VectorIndex(name="spike_times_index", data=np.cumsum(counts), target=times),
-                col("peak_channel_id", units["ecephys_channel_id"].to_numpy(), "ecephys_channel_id"),
-                *[col(c, units[c].to_numpy(), c.replace("_", " ")) for c in
-                  ("firing_rate", "presence_ratio", "isi_violations", "amplitude", "snr")],
-                col("quality", units["quality"].tolist(), "'good' or 'noise'"),
-            ],
-            id=ElementIdentifiers(name="id", data=units["unit_id"].to_numpy()))
-        with NWBHDF5IO(str(path), "w") as nwb_io:
-            nwb_io.write(nwb)
-    _retype_electrodes_for_old_readers(path)
-
-
-def _retype_electrodes_for_old_readers(path: Path) -> None:
-    """Store the electrodes table as a plain ``hdmf-common`` ``DynamicTable``, as the real files do.
-
-    pynwb >= 3 writes it as ``core`` ``ElectrodesTable``, a type that only NWB schema 2.9+ defines:
-    pynwb < 3 (what the AllenSDK 2.16 installs) then refuses the whole file with "No
-    specification for 'ElectrodesTable' in namespace 'core'". The real VBN files (NWB 2.2-2.5)
-    carry a ``DynamicTable`` there, which both old and new pynwb read (new pynwb still returns an
-    ``ElectrodesTable``).
-    """
-    import h5py
-
-    with h5py.File(path, "r+") as fh:
-        attrs = fh["general/extracellular_ephys/electrodes"].attrs
-        if attrs.get("neurodata_type") == "ElectrodesTable":
-            attrs["namespace"] = "hdmf-common"
-            attrs["neurodata_type"] = "DynamicTable"
-
-
 def generate(writer: WorldWriter) -> None:
     """Write the synthetic VBN bucket into the sample world: three manifest versions, five tables
-    (``units.csv`` in two S3 versions) and NWB files for a few sessions.
+    (``units.csv`` in two S3 versions) and an NWB file for every session that has a ``file_id``.
 
     Parameters
     ----------
@@ -604,29 +524,30 @@ def generate(writer: WorldWriter) -> None:
         obj = writer.put_bytes(VBN_BUCKET, key, data, last_modified=VERSIONS[version])
         hashes[obj.md5] = blake2b_hex(data)
 
-    def put_nwb(session: pd.Series, version: str) -> tuple[int, str]:
-        key = relative_key("nwb", int(session["ecephys_session_id"]))
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "session.nwb"
-            write_session_nwb(path, session, tables)
-            put(key, path.read_bytes(), version)
-        return int(session["file_id"]), key
-
     ecephys = tables["ecephys_sessions"]
-    normal = ecephys[ecephys["abnormal_histology"].isna() & ecephys["abnormal_activity"].isna()]
-    with_nwb = [normal.iloc[i] for i in range(SAMPLE_SCALE.n_nwb)]
+    with_nwb = ecephys[ecephys["file_id"] >= 0]
+    normal = with_nwb["abnormal_histology"].isna() & with_nwb["abnormal_activity"].isna()
+    late = int(with_nwb.index[normal.to_numpy()][-1])  # a session whose file comes in v0.3.0
 
-    # v0.1.0: every table (the old units.csv) and the first NWB files
-    for name in TABLE_NAMES:
-        df = units_v010(tables[name]) if name == "units" else tables[name]
-        put(relative_key("metadata", name), csv_bytes(df), "0.1.0")
-    data_keys = dict(put_nwb(s, "0.1.0") for s in with_nwb[:-1])
-    manifests = {"0.1.0": manifest_bytes(writer, "0.1.0", data_keys, hashes)}
-    # v0.2.0: units.csv fixed (a new S3 version of the same key)
-    put(relative_key("metadata", "units"), csv_bytes(tables["units"]), "0.2.0")
-    manifests["0.2.0"] = manifest_bytes(writer, "0.2.0", data_keys, hashes)
-    # v0.3.0: one more session NWB file
-    data_keys.update([put_nwb(with_nwb[-1], "0.3.0")])
-    manifests["0.3.0"] = manifest_bytes(writer, "0.3.0", data_keys, hashes)
+    with tempfile.TemporaryDirectory(prefix="vbn-") as folder, SessionNwbWriter(tables) as nwb:
+        def put_nwb(session: pd.Series, version: str) -> tuple[int, str]:
+            key = relative_key("nwb", int(session["ecephys_session_id"]))
+            path = Path(folder) / "session.nwb"
+            nwb.write(path, session)
+            put(key, path.read_bytes(), version)
+            return int(session["file_id"]), key
+
+        # v0.1.0: every table (the old units.csv) and the NWB files of every session but one
+        for name in TABLE_NAMES:
+            df = units_v010(tables[name]) if name == "units" else tables[name]
+            put(relative_key("metadata", name), csv_bytes(df), "0.1.0")
+        data_keys = dict(put_nwb(row, "0.1.0") for i, row in with_nwb.iterrows() if i != late)
+        manifests = {"0.1.0": manifest_bytes(writer, "0.1.0", data_keys, hashes)}
+        # v0.2.0: units.csv fixed (a new S3 version of the same key)
+        put(relative_key("metadata", "units"), csv_bytes(tables["units"]), "0.2.0")
+        manifests["0.2.0"] = manifest_bytes(writer, "0.2.0", data_keys, hashes)
+        # v0.3.0: the last session's NWB file
+        data_keys.update([put_nwb(with_nwb.loc[late], "0.3.0")])
+        manifests["0.3.0"] = manifest_bytes(writer, "0.3.0", data_keys, hashes)
     for version, data in manifests.items():
         writer.put_bytes(VBN_BUCKET, manifest_key(version), data, last_modified=VERSIONS[version])

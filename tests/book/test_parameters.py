@@ -136,3 +136,18 @@ def test_neuropixels_cache_dir_last_used_manifest(tmp_path, sample_source):
     assert old not in text_of(stored(path), "cache.current_manifest()")
     assert old in text_of(nb, "cache.current_manifest()")
     assert old in text_of(nb, "cache.list_all_downloaded_manifests()")
+
+
+# -- chapter 5: Linking the atlases -----------------------------------------------------------------
+def test_linking_atlases_other_session_and_probe(tmp_path):
+    """linking_atlases on another session and probe follows that probe's own track."""
+    path = chapter("linking_atlases")
+    nb = run_chapter(path, tmp_path, session_id=1041593107, probe="probeA",
+                     cache_dir=str(tmp_path / "cache"))
+    shown = text_of(nb, "print(f\"session {session_id}")
+    assert "session 1041593107, probeA" in shown, shown
+    stored_text = text_of(stored(path), "print(f\"session {session_id}")
+    assert "probeA" not in stored_text and "1041593107" not in stored_text
+    tracks = [re.search(r"structures from tip to top: (.*)", t).group(1) for t in (shown, stored_text)]
+    assert tracks[0] != tracks[1], tracks
+    assert "genes with a coronal grid" in text_of(nb, "query_section_datasets(")

@@ -346,7 +346,8 @@ def test_ccf_volumes_are_coarse_brains_with_real_regions(world):
     membership = _read_csv(world, _file(new, "Allen-CCF-2020", "parcellation_to_parcellation_term_membership_acronym"))
     assert set(values) == set(membership["parcellation_index"])
     acronyms = set(membership["structure"])
-    assert {"MOp", "SSp", "CA1", "CP", "VPM", "HY", "CBX", "MY"} <= acronyms
+    assert {"MOp", "SSp-bfd", "VISp", "CA1", "DG", "CP", "LP", "VPM", "HY", "CBX", "MY"} <= acronyms
+    assert {"VISp5", "DG-sg", "CBXpu"} <= set(membership["substructure"])
     ccf = _read_csv(world, _file(new, "MERFISH-C57BL6J-638850-CCF", "ccf_coordinates"))
     assert list(ccf.columns) == ["cell_label", "x", "y", "z", "parcellation_index"]
     assert set(ccf["parcellation_index"]) <= set(values) and 0 not in set(ccf["parcellation_index"])

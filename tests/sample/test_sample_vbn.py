@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import requests
 
-from abc_helpers.sample import build_world, vbn
+from abc_helpers.sample import brain, build_world, vbn
 from abc_helpers.sample.world import load_index
 from abc_helpers.sources import VBN_BUCKET
 
@@ -92,11 +92,11 @@ def test_value_formats(world):
     """Stringified lists, dates with +00:00, -999 file ids, real acronyms, some abnormal sessions."""
     sessions, probes = _table(world, "ecephys_sessions"), _table(world, "probes")
     behavior, units = _table(world, "behavior_sessions"), _table(world, "units")
-    acronyms = set(vbn.structure_ids())
+    ids = dict(zip(brain.structure_tree()["acronym"], brain.structure_tree()["id"], strict=True))
+    acronyms = set(ids)
     for text in list(sessions["structure_acronyms"]) + list(probes["structure_acronyms"]):
         assert text.startswith("['") and set(ast.literal_eval(text)) <= acronyms
     assert set(units["structure_acronym"]) <= acronyms
-    ids = vbn.structure_ids()
     assert (units["structure_id"] == units["structure_acronym"].map(ids)).all()
     abnormal = sessions["abnormal_histology"].notna() | sessions["abnormal_activity"].notna()
     assert abnormal.sum() == vbn.SAMPLE_SCALE.n_abnormal

@@ -1,0 +1,485 @@
+"""The one synthetic mouse brain of the sample world: a CCF annotation every dataset is drawn from.
+
+The geometry is **synthetic**: superellipsoids, layers by depth below the surface and boxes in
+CCF micrometres, drawn to look roughly like a mouse brain. What is real: the structure ids,
+acronyms, names and the tree (``data/allen_structure_tree.csv``, the Allen CCFv3 ontology), the
+CCF extent (AP 13200, DV 8000, LR 11400 um), the axis order ``[AP, DV, LR]`` (anterior to
+posterior, dorsal to ventral, left to right, as the Allen ``annotation_<res>.nrrd`` read with
+pynrrd), and the Allen convention that voxel ``i`` of a volume at resolution ``r`` sits at CCF
+coordinate ``i * r`` um.
+
+The brain is defined once at 100 um (``[132, 80, 114]``, uint32 structure ids, 0 outside the brain,
+left and right hemispheres mirror images about LR 5700 um) and sampled at coarser resolutions:
+:func:`annotation` ``(200)`` is the ABC ``Allen-CCF-2020`` sample volume (66 x 40 x 57) and,
+padded to 67 x 41 x 58, the Allen Mouse Brain Atlas ISH grid annotation. The VBN probe tracks, the
+MERFISH cells and the ISH expression patterns of the sample world are all drawn from it, so the
+datasets agree with each other where the real ones do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import cache, lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+#: The CCFv3 extent in micrometres, (AP, DV, LR).
+EXTENT_UM = (13200, 8000, 11400)
+#: The resolution the brain is drawn at; other resolutions sample it.
+BASE_RESOLUTION_UM = 100
+#: The midline (LR, um): the hemispheres are mirror images about it.
+MIDLINE_UM = 5700
+#: The resolutions :func:`annotation` can give (each a multiple of the base resolution).
+RESOLUTIONS_UM = (100, 200, 400)
+
+_TREE = Path(__file__).with_name("data") / "allen_structure_tree.csv"
+_LAYERS = ("1", "2/3", "4", "5", "6a", "6b")
+#: Depth (in 100 um voxels, from the Euclidean distance transform) where each layer ends.
+_LAYER_ENDS = (1.5, 3.7, 5.0, 7.5, 9.7, 10.5)
+_CORTEX_END = 10.5
+_WHITE_MATTER_END = 11.6
+
+
+# -- the real structure tree ---------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def structure_tree() -> pd.DataFrame:
+    """Return the real Allen structure tree shipped with the sample (row number = parcellation index).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``id``, ``name``, ``acronym``, ``parent_structure_id``, ``structure_id_path``
+        (``/997/8/.../id/``) and ``color_hex_triplet``; row 0 is ``void`` (id 0, outside the brain).
+    """
+    return pd.read_csv(_TREE, usecols=["id", "name", "acronym", "parent_structure_id",
+                                       "structure_id_path", "color_hex_triplet"],
+                       dtype={"color_hex_triplet": str})
+
+
+@lru_cache(maxsize=1)
+def _ids_by_acronym() -> dict[str, int]:
+    tree = structure_tree()
+    return dict(zip(tree["acronym"], tree["id"].astype(int), strict=True))
+
+
+@lru_cache(maxsize=1)
+def _paths() -> dict[int, tuple[int, ...]]:
+    tree = structure_tree()
+    return {int(i): tuple(int(p) for p in str(path).strip("/").split("/")) if i else ()
+            for i, path in zip(tree["id"], tree["structure_id_path"], strict=True)}
+
+
+def structure_id(acronym: str) -> int:
+    """Return the real Allen structure id of *acronym* (e.g. ``'VISp'`` -> 385).
+
+    Raises
+    ------
+    KeyError
+        If *acronym* is not in the Allen structure tree.
+    """
+    ids = _ids_by_acronym()
+    if acronym not in ids:
+        msg = (f"Structure acronym '{acronym}' is not in the Allen structure tree "
+               f"({_TREE.name}); acronyms are case-sensitive, e.g. 'VISp', 'CA1', 'DG-sg'.")
+        raise KeyError(msg)
+    return ids[acronym]
+
+
+def acronym(structure: int) -> str:
+    """Return the acronym of structure id *structure* (``'void'`` for 0, outside the brain)."""
+    tree = structure_tree()
+    return str(tree["acronym"].to_numpy()[_row_of_id()[int(structure)]])
+
+
+@lru_cache(maxsize=1)
+def _row_of_id() -> dict[int, int]:
+    return {int(i): row for row, i in enumerate(structure_tree()["id"])}
+
+
+def ancestors(structure: int) -> tuple[int, ...]:
+    """Return the ids from ``root`` (997) down to *structure* itself, from the tree's id path."""
+    return _paths()[int(structure)]
+
+
+def is_within(structure: int, ancestor: int) -> bool:
+    """Say whether structure id *structure* is *ancestor* or one of its descendants."""
+    return int(ancestor) in _paths().get(int(structure), ())
+
+
+def descendants(acronym_or_id: str | int) -> frozenset[int]:
+    """Return the ids of a structure and of every structure below it in the tree."""
+    sid = structure_id(acronym_or_id) if isinstance(acronym_or_id, str) else int(acronym_or_id)
+    return _descendants(sid)
+
+
+@cache
+def _descendants(sid: int) -> frozenset[int]:
+    return frozenset(s for s, path in _paths().items() if sid in path)
+
+
+#: Structures whose children in the annotation are layers or parts, not structures of their own.
+_LAYERED = ("DG", "CBX")
+_CORTICAL_LAYERS = ("1", "2", "2/3", "3", "4", "4/5", "5", "6a", "6b")
+
+
+def structure_level(structure: int) -> int:
+    """Return the structure a layer belongs to, or *structure* itself (0 stays 0).
+
+    Cortical layers give their area (``VISp5`` -> ``VISp``), the dentate gyrus's layers ``DG``
+    and the cerebellar cortex's layers ``CBX``: the level the ABC parcellation calls
+    ``structure`` (its ``substructure`` is the annotation's own leaf) and the level the real VBN
+    tables name channels by.
+    """
+    if not structure:
+        return 0
+    path = ancestors(structure)
+    if len(path) < 2:
+        return int(structure)
+    parent = path[-2]
+    if parent in {structure_id(a) for a in _LAYERED}:
+        return int(parent)
+    own, area = acronym(structure), acronym(parent)
+    if structure_id("Isocortex") in path and own.startswith(area) and own[len(area):] in _CORTICAL_LAYERS:
+        return int(parent)
+    return int(structure)
+
+
+def parcellation_index(structures: Iterable[int] | np.ndarray) -> np.ndarray:
+    """Return the parcellation index (row of the structure tree) of each structure id; 0 stays 0."""
+    rows = _row_of_id()
+    values = np.asarray(structures)
+    return np.array([rows[int(s)] for s in values.ravel()], dtype=np.uint32).reshape(values.shape)
+
+
+# -- the annotation ------------------------------------------------------------------------------
+def shape(resolution_um: int) -> tuple[int, int, int]:
+    """Return the shape ``(AP, DV, LR)`` of the annotation at *resolution_um* (e.g. 132, 80, 114 at 100)."""
+    return tuple(int(np.ceil(e / resolution_um)) for e in EXTENT_UM)  # type: ignore[return-value]
+
+
+@lru_cache(maxsize=len(RESOLUTIONS_UM))
+def annotation(resolution_um: int = BASE_RESOLUTION_UM) -> np.ndarray:
+    """Return the synthetic annotation: uint32 structure ids indexed ``[AP, DV, LR]``, read-only.
+
+    Voxel ``[i, j, k]`` sits at CCF (AP, DV, LR) = ``(i, j, k) * resolution_um`` um; 0 is outside
+    the brain. Coarser volumes sample the 100 um one at those points.
+
+    Parameters
+    ----------
+    resolution_um : int
+        One of :data:`RESOLUTIONS_UM`.
+
+    Raises
+    ------
+    ValueError
+        If *resolution_um* is not a multiple of the 100 um base resolution in :data:`RESOLUTIONS_UM`.
+
+    Examples
+    --------
+    >>> annotation(100).shape, annotation(200).shape
+    ((132, 80, 114), (66, 40, 57))
+    >>> [acronym(s) for s in structure_at([[9400, 1600, 7550], [9400, 1600, 3850], [8000, 3000, 7300]])]
+    ['VISp5', 'VISp5', 'LP']
+    """
+    if resolution_um not in RESOLUTIONS_UM:
+        msg = (f"No sample annotation at {resolution_um} um: the sample brain is drawn at "
+               f"{BASE_RESOLUTION_UM} um and sampled at {RESOLUTIONS_UM} um; pick one of those.")
+        raise ValueError(msg)
+    if resolution_um == BASE_RESOLUTION_UM:
+        volume = _draw()
+    else:
+        step = resolution_um // BASE_RESOLUTION_UM
+        volume = np.ascontiguousarray(_draw()[::step, ::step, ::step])
+    volume.flags.writeable = False
+    return volume
+
+
+def voxel_index(points_um: np.ndarray | Iterable, resolution_um: int = BASE_RESOLUTION_UM) -> np.ndarray:
+    """Return the nearest voxel ``(i, j, k)`` of CCF points ``(AP, DV, LR)`` in um (rounded, int64)."""
+    points = np.asarray(points_um, dtype=float).reshape(-1, 3)
+    return np.floor(points / resolution_um + 0.5).astype(np.int64)
+
+
+def structure_at(points_um: np.ndarray | Iterable, resolution_um: int = BASE_RESOLUTION_UM) -> np.ndarray:
+    """Return the structure id of the annotation at CCF points ``(AP, DV, LR)`` um (0 outside).
+
+    Each point takes the value of its nearest voxel (voxel ``i`` at ``i * resolution_um``);
+    points outside the volume are 0.
+    """
+    volume = annotation(resolution_um)
+    index = voxel_index(points_um, resolution_um)
+    inside = np.all((index >= 0) & (index < np.array(volume.shape)), axis=1)
+    out = np.zeros(len(index), dtype=np.uint32)
+    i, j, k = index[inside].T
+    out[inside] = volume[i, j, k]
+    return out
+
+
+def surface_dv(ap_um: np.ndarray | float, lr_um: np.ndarray | float) -> np.ndarray:
+    """Return the DV (um) of the dorsal brain surface above points (AP, LR) in um (nearest voxel column)."""
+    volume = annotation(BASE_RESOLUTION_UM)
+    i = np.clip(np.floor(np.asarray(ap_um, float) / BASE_RESOLUTION_UM + 0.5).astype(int), 0, volume.shape[0] - 1)
+    k = np.clip(np.floor(np.asarray(lr_um, float) / BASE_RESOLUTION_UM + 0.5).astype(int), 0, volume.shape[2] - 1)
+    column = volume[i, :, k] > 0  # [..., DV]
+    return np.where(column.any(axis=-1), column.argmax(axis=-1), volume.shape[1]) * float(BASE_RESOLUTION_UM)
+
+
+def mask(acronym_or_id: str | int, resolution_um: int = BASE_RESOLUTION_UM) -> np.ndarray:
+    """Return the voxels of a structure and its descendants (bool, ``[AP, DV, LR]``)."""
+    volume = annotation(resolution_um)
+    present = np.unique(volume)
+    wanted = descendants(acronym_or_id)
+    return np.isin(volume, [s for s in present if int(s) in wanted])
+
+
+def present_structures() -> list[str]:
+    """Return the acronyms of the structures the brain contains (tree order)."""
+    ids = set(np.unique(annotation(BASE_RESOLUTION_UM)).tolist()) - {0}
+    tree = structure_tree()
+    return tree.loc[tree["id"].isin(ids), "acronym"].tolist()
+
+
+# -- drawing -------------------------------------------------------------------------------------
+def _superellipsoid(a, d, lr, centre, radii, power) -> np.ndarray:
+    return sum(np.abs((x - c) / r) ** p for x, c, r, p in zip((a, d, lr), centre, radii, power,
+                                                               strict=True)) <= 1.0
+
+
+def _within(x, lo, hi) -> np.ndarray:
+    return (x >= lo) & (x < hi)
+
+
+@lru_cache(maxsize=1)
+def _draw() -> np.ndarray:
+    """Draw the brain at 100 um (see the module docstring); deterministic, no randomness."""
+    from scipy import ndimage
+
+    res = BASE_RESOLUTION_UM
+    n_ap, n_dv, n_lr = shape(res)
+    # open grids: ap [n, 1, 1], dv [1, m, 1], d [1, 1, k]; masks broadcast to the volume
+    ap = (np.arange(n_ap) * res)[:, None, None]
+    dv = (np.arange(n_dv) * res)[None, :, None]
+    d = np.abs(np.arange(n_lr) * res - MIDLINE_UM)[None, None, :]  # both hemispheres at once
+    ids = _ids_by_acronym()
+    out = np.zeros((n_ap, n_dv, n_lr), dtype=np.uint32)
+
+    def put(where: np.ndarray, name: str) -> None:
+        out[np.broadcast_to(where, out.shape)] = ids[name]
+
+    # -- the outline: cerebrum, olfactory bulbs, cerebellum, brainstem ----------------------------
+    cerebrum = _superellipsoid(ap, dv, d, (6300, 3700, 0), (4300, 3300, 4900), (3, 3, 3))
+    bulb = _superellipsoid(ap, dv, d, (1500, 3400, 950), (1400, 1500, 900), (2, 2, 2)) & (ap < 2800)
+    cerebellum = _superellipsoid(ap, dv, d, (11400, 3000, 0), (1700, 2100, 4000), (2.5, 2.5, 2.5))
+    cerebellum &= ~cerebrum
+    stem = _superellipsoid(ap, dv, d, (10000, 5600, 0), (3400, 1500, 2000), (2.5, 2.5, 2.5))
+    stem &= ~cerebrum & ~cerebellum
+    brain = cerebrum | bulb | cerebellum | stem
+    # the longitudinal fissure between the hemispheres, down to the corpus callosum
+    top = np.where(brain.any(axis=1), brain.argmax(axis=1), n_dv) * res  # [AP, LR] in um
+    below_top = dv - top[:, None, :]
+    fissure = cerebrum & (d == 0) & (below_top < 1300) & _within(ap, 1800, 10300)
+    brain &= ~fissure
+    cerebrum &= ~fissure
+    depth = ndimage.distance_transform_edt(brain)  # voxels to the nearest non-brain voxel
+    theta = np.degrees(np.arctan2(d, 3700 - dv))  # 0 at the dorsal midline, 90 lateral, 180 ventral
+
+    # -- brainstem and cerebellum ---------------------------------------------------------------
+    put(stem, "MB")
+    put(stem & (ap >= 9000) & (dv >= 4600), "P")
+    put(stem & (ap >= 9000) & (dv >= 4600) & (depth <= 3.5) & (ap < 10600), "PG")
+    put(stem & (ap >= 9600) & (ap < 10600) & (dv >= 4600) & (depth > 3.5), "PRNr")
+    put(stem & (ap >= 10600), "MY")
+    put(stem & (ap >= 10600) & (d < 1200) & (dv >= 5200) & (depth > 3.5), "IRN")
+    put(stem & _within(ap, 10600, 11800) & (d < 300) & (np.cumsum(stem, axis=1) <= 2), "V4")
+    cb_depth = depth * cerebellum
+    put(cerebellum, "arb")
+    put(cerebellum & (cb_depth <= 6.0), "CBXgr")
+    put(cerebellum & (cb_depth <= 3.5), "CBXpu")
+    put(cerebellum & (cb_depth <= 2.5), "CBXmo")
+    nuclei = cerebellum & (cb_depth > 7.0) & _within(dv, 2600, 4200)
+    put(nuclei & (d < 800), "FN")
+    put(nuclei & _within(d, 800, 1600), "IP")
+    put(nuclei & _within(d, 1600, 2600), "DN")
+
+    # -- olfactory bulbs --------------------------------------------------------------------------
+    only_bulb = bulb & ~cerebrum
+    put(only_bulb | (bulb & (ap < 2100)), "MOB")
+    put(bulb & _within(ap, 1900, 2500) & (below_top < 500) & (d < 1300), "AOB")
+
+    # -- cerebrum: a cortical mantle with white matter under it over the deep structures ----------
+    cortex = cerebrum & (depth <= _CORTEX_END) & (theta < 112) & (ap >= 1600)
+    wm = cerebrum & (depth > _CORTEX_END) & (depth <= _WHITE_MATTER_END) & (theta < 100) & (ap >= 2600)
+    piriform = cerebrum & (depth <= 4.0) & (theta >= 112) & (theta < 140) & _within(ap, 2600, 7200) & (d > 1500)
+    deep = cerebrum & ~cortex & ~wm & ~piriform
+    # deep fillers by position, refined below
+    put(deep & (ap < 2900), "AON")
+    put(deep & _within(ap, 2900, 6300), "CP")
+    put(deep & _within(ap, 2900, 4700) & (dv >= 5400), "OT")
+    put(deep & _within(ap, 6300, 8800) & (dv < 4700), "TH")
+    put(deep & _within(ap, 4700, 8800) & (dv >= 4700), "HY")
+    put(deep & (ap >= 8800), "MB")
+    put(deep & _within(ap, 7600, 8800) & (d < 500) & (dv < 4700), "MB")
+    # the hippocampus takes the top of the deep zone under the posterior cortex (labelled below)
+    hip_zone = deep & _within(ap, 6300, 9900) & _within(d, 300, 4000) & (theta < 75)
+    hip_depth = np.cumsum(hip_zone, axis=1)  # voxels below the hippocampus's dorsal surface
+    hip = hip_zone & (hip_depth <= 10)
+
+    # striatum, septum, pallidum
+    put(deep & _within(ap, 2600, 5000) & _within(d, 300, 1800) & _within(dv, 4300, 5600), "ACB")
+    put(deep & _within(ap, 3200, 5800) & _within(d, 100, 700) & _within(dv, 2200, 4400), "LSr")
+    put(deep & _within(ap, 3400, 5200) & (d < 100) & _within(dv, 3800, 4900), "MS")
+    put(deep & _within(ap, 3400, 6200) & _within(d, 700, 1000) & _within(dv, 2200, 3500), "VL")
+    put(deep & _within(ap, 5000, 6800) & _within(d, 1800, 2700) & _within(dv, 3600, 4800), "GPe")
+    put(deep & _within(ap, 5200, 7000) & _within(d, 1450, 1800) & _within(dv, 3400, 5400), "int")
+    put(deep & _within(ap, 4300, 6300) & _within(d, 600, 2600) & _within(dv, 5000, 5700), "SI")
+    ventral_surface = cerebrum & (depth <= 4.0) & (theta > 120)
+    put(ventral_surface & _within(ap, 2900, 5300) & (d < 2300), "OT")
+
+    # thalamus (targets of the VBN probes: LP, LGd, LGv, MG, PoT, POL, SGN ...), placed by depth
+    # below the hippocampus (or the white matter), in 100 um voxels
+    below = np.cumsum(deep & ~hip, axis=1)
+    th = deep & ~hip & (out == ids["TH"])
+    for name, ap_r, d_r, t_r in (
+            ("AV", (6300, 6900), (300, 1200), (1, 9)),
+            ("LD", (6300, 7300), (800, 1800), (1, 6)),
+            ("MD", (6300, 7600), (0, 700), (3, 13)),
+            ("PO", (6600, 7700), (400, 1500), (6, 11)),
+            ("VPM", (6300, 7600), (800, 1700), (11, 19)),
+            ("VPL", (6300, 7600), (1700, 2500), (8, 19)),
+            ("RT", (6300, 7300), (2500, 2900), (3, 21)),
+            ("LP", (7300, 8800), (900, 2100), (1, 7)),
+            ("LGd", (6700, 8300), (2100, 2900), (1, 7)),
+            ("LGv", (6800, 8300), (2100, 2900), (7, 11)),
+            ("opt", (6500, 8300), (2900, 3200), (1, 13)),
+            ("Eth", (8000, 8600), (500, 900), (1, 6)),
+            ("POL", (7900, 8800), (1800, 2300), (7, 11)),
+            ("PoT", (8000, 8800), (1100, 1800), (7, 12)),
+            ("SGN", (8300, 8800), (2000, 2500), (1, 5)),
+            ("MGd", (8300, 8800), (2000, 2800), (5, 9)),
+            ("MGv", (8300, 8800), (2000, 2800), (9, 15)),
+            ("MGm", (8300, 8800), (1700, 2000), (5, 15)),
+            ("PIL", (8400, 8800), (1600, 2000), (12, 17))):
+        put(th & _within(ap, *ap_r) & _within(d, *d_r) & _within(below, *t_r), name)
+    put(deep & _within(ap, 6200, 8200) & (d == 0) & _within(dv, 3500, 6300), "V3")
+
+    # hypothalamus and amygdala
+    put(deep & _within(ap, 5500, 8800) & (dv >= 4700) & (d >= 2000), "BMA")
+    hy = deep & (out == ids["HY"])
+    for name, ap_r, d_r, dv_r in (
+            ("LHA", (5200, 8500), (800, 1700), (4700, 6400)),
+            ("ZI", (6500, 7800), (1200, 2300), (4300, 4800)),
+            ("MPO", (4700, 5800), (100, 700), (5000, 6600)),
+            ("PVH", (5800, 6600), (100, 500), (4700, 5300)),
+            ("DMH", (6800, 7800), (100, 700), (5000, 5700)),
+            ("VMH", (6800, 7800), (300, 900), (5700, 6400)),
+            ("ARH", (7000, 8100), (100, 400), (6200, 7000))):
+        put(hy & _within(ap, *ap_r) & _within(d, *d_r) & _within(dv, *dv_r), name)
+    put(deep & _within(ap, 5800, 7300) & _within(d, 2300, 2900) & _within(dv, 4800, 5600), "CEA")
+    put(deep & _within(ap, 5800, 7600) & _within(d, 1700, 2300) & _within(dv, 5700, 6500), "MEA")
+    put(deep & _within(ap, 6000, 8200) & _within(d, 2900, 3900) & _within(dv, 4700, 5900), "BLA")
+
+    # midbrain (the deep targets of the VBN probes: APN, MRN, NOT, SC, PAG, ...)
+    mb = deep & ~hip & (out == ids["MB"])
+    for name, ap_r, d_r, t_r in (
+            ("SCs", (8800, 10400), (0, 1900), (1, 4)),
+            ("SCig", (8800, 10400), (0, 1900), (4, 7)),
+            ("ICc", (10100, 13200), (0, 2300), (1, 8)),
+            ("APN", (7900, 9300), (300, 1700), (3, 12)),
+            ("MRN", (8500, 10300), (300, 2100), (12, 25)),
+            ("PAG", (8300, 10300), (0, 500), (2, 15)),
+            ("AQ", (8300, 10300), (0, 100), (6, 10)),
+            ("RN", (8700, 9300), (300, 900), (15, 20)),
+            ("NB", (8900, 9500), (1900, 2500), (1, 6))):
+        put(mb & _within(ap, *ap_r) & _within(d, *d_r) & _within(below, *t_r), name)
+    put(deep & ~hip & _within(ap, 7800, 8600) & _within(d, 900, 1500) & _within(below, 1, 4), "NOT")
+    put(deep & _within(ap, 8000, 9300) & _within(d, 200, 900) & _within(dv, 4400, 5200), "VTA")
+    put(deep & _within(ap, 8000, 9300) & _within(d, 900, 2100) & _within(dv, 4400, 4700), "SNc")
+    put(deep & _within(ap, 8000, 9300) & _within(d, 900, 2100) & _within(dv, 4700, 5300), "SNr")
+    # the ventral hippocampus, lateral and ventral behind the thalamus
+    ventral_hip = deep & ~hip & (ap >= 8800) & (d >= 2600) & (dv >= 3300)
+    put(ventral_hip, "CA1")
+    put(ventral_hip & (d >= 3000) & _within(dv, 4000, 5200), "DG-mo")
+    put(ventral_hip & (d >= 3200) & _within(dv, 4300, 4900), "DG-sg")
+
+    # hippocampus under the posterior cortex: CA1 over the dentate gyrus, CA3 lateral, SUB behind
+    put(hip & (hip_depth <= 4), "CA1")
+    for name, lo, hi in (("DG-mo", 4, 5), ("DG-sg", 5, 6), ("DG-po", 6, 8), ("DG-sg", 8, 9),
+                         ("DG-mo", 9, 10)):
+        put(hip & (hip_depth > lo) & (hip_depth <= hi) & (d < 2700), name)
+    put(hip & (hip_depth > 3) & (d >= 2700), "CA3")
+    put(hip & (hip_depth <= 4) & _within(d, 2400, 2700), "CA2")
+    put(hip & (d >= 3500) & (ap < 8200) & (hip_depth > 4), "fi")
+    posterior = hip_zone & (ap >= 9200) & (hip_depth <= 8)
+    put(posterior & (hip_depth > 2), "ProS")
+    put(posterior & (hip_depth > 4), "SUB")
+    put(hip_zone & (ap >= 9700) & (hip_depth <= 6), "POST")
+
+    # -- white matter and cortex --------------------------------------------------------------------
+    put(wm & (theta < 40) & _within(ap, 2600, 9900), "cc")
+    put(wm & (theta >= 40) & _within(ap, 2600, 9900), "ec")
+    put(wm & (ap >= 9900), "alv")
+    put(piriform, "PIR")
+    # each cortical voxel takes the area of the nearest point of the cortical surface (layer 1)
+    surface = cortex & (depth <= _LAYER_ENDS[0])
+    _, nearest = ndimage.distance_transform_edt(~surface, return_indices=True)
+    at = np.nonzero(cortex)
+    from_surface = tuple(n[at] for n in nearest)
+    area, area_names = _cortical_areas(np.broadcast_to(ap, out.shape)[from_surface],
+                                       np.broadcast_to(theta, out.shape)[from_surface])
+    layer = np.searchsorted(np.array(_LAYER_ENDS), depth[at], side="left").clip(0, len(_LAYERS) - 1)
+    labels = np.zeros(len(area), dtype=np.uint32)
+    for code in np.unique(area):
+        name = area_names[code]
+        for k, suffix in enumerate(_LAYERS):
+            leaf = name if name in ("ENTl", "ENTm") else f"{name}{suffix}"
+            if leaf not in ids:  # agranular areas: layer 4 belongs to 2/3
+                leaf = f"{name}2/3" if suffix == "4" else leaf
+            labels[(area == code) & (layer == k)] = ids[leaf]
+    out[at] = labels
+    put(cortex & (theta >= 88) & _within(ap, 2600, 6800) & (depth > 8.0), "CLA")
+    put(deep & (theta >= 105) & (depth <= 7.0) & _within(ap, 2900, 6600) & (d > 2300), "EPd")
+
+    out[~brain] = 0
+    # the left hemisphere mirrors the right one exactly (ties in the nearest-surface search above
+    # are not broken symmetrically); LR voxel 57 is the midline
+    mid = MIDLINE_UM // res
+    out[:, :, 1:mid] = out[:, :, mid + 1:2 * mid][:, :, ::-1]
+    missing = [name for name in ("VISp5", "CA1", "DG-sg", "LP", "LGd", "APN", "CP", "CBXpu")
+               if not (out == ids[name]).any()]
+    if missing:  # pragma: no cover - a guard for whoever edits the geometry
+        msg = f"The sample brain lost structures {missing}: check the geometry in {__file__}."
+        raise RuntimeError(msg)
+    return out
+
+
+#: The cortical map: (area, AP from, AP to, theta from, theta to) in um and degrees, where theta
+#: is the angle around (DV 3700, midline): 0 at the dorsal midline, 90 on the lateral surface;
+#: the mantle ends at 112 degrees (piriform cortex and the ventral surface below).
+#: Later rows win. Areas roughly where the real ones are on the CCF's right hemisphere.
+CORTICAL_AREAS: tuple[tuple[str, int, int, float, float], ...] = (
+    ("MOs", 0, 6500, 0, 60), ("VISa", 6500, 8500, 0, 56), ("VISp", 8500, 13200, 0, 54),
+    ("FRP", 0, 2300, 0, 75), ("ORBl", 1600, 3400, 60, 112),
+    ("AId", 2300, 5600, 85, 112), ("MOp", 2400, 6000, 20, 36), ("SSp-ul", 3400, 5300, 32, 44),
+    ("SSp-ll", 5000, 6400, 18, 30), ("SSp-tr", 6300, 7200, 18, 32), ("SSp-n", 3900, 5300, 44, 54),
+    ("SSp-m", 3400, 5600, 54, 64), ("SSp-bfd", 5200, 7300, 32, 56), ("SSs", 3400, 7200, 64, 74),
+    ("GU", 3000, 5000, 74, 85), ("VISC", 5000, 6800, 74, 86), ("TEa", 8700, 13200, 54, 96),
+    ("AUDd", 6600, 8700, 56, 66), ("AUDp", 6600, 8700, 66, 76), ("AUDv", 6600, 8700, 76, 86),
+    ("TEa", 6800, 10300, 86, 96),
+    ("ECT", 7200, 10300, 96, 104), ("PERI", 7600, 10300, 104, 118), ("ENTl", 8400, 13200, 94, 118),
+    ("ACAd", 2800, 7000, 0, 9), ("ACAv", 3000, 6500, 0, 4), ("PL", 1800, 3200, 0, 9),
+    ("RSPd", 6800, 13200, 0, 12), ("RSPv", 7200, 13200, 0, 5), ("VISa", 7000, 7800, 12, 32),
+    ("VISam", 7600, 8600, 12, 25), ("VISpm", 8600, 13200, 12, 25), ("VISp", 8400, 13200, 25, 43),
+    ("VISrl", 7000, 8000, 32, 50), ("VISal", 7800, 8600, 43, 56), ("VISl", 8600, 10200, 43, 54),
+    ("VISli", 8800, 10200, 54, 60), ("VISpl", 9400, 13200, 43, 60), ("VISpor", 10200, 13200, 43, 62),
+)
+
+
+def _cortical_areas(ap: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Return the index (into the returned names) of the cortical area of every voxel's position."""
+    names = ["MOs"] + [row[0] for row in CORTICAL_AREAS]
+    code = np.zeros(ap.shape, dtype=np.int16)
+    for k, (_, lo, hi, t_lo, t_hi) in enumerate(CORTICAL_AREAS, start=1):
+        code[_within(ap, lo, hi) & (theta >= t_lo) & (theta < t_hi)] = k
+    return code, names
