@@ -42,9 +42,11 @@ from .neuropixels import (
     get_manifest_url,
     get_metadata_url,
 )
+from .runinfo import run_information
 from .sources import Source, get_source
 from .transfer import DownloadError, DownloadJob, download, download_many, file_hash, list_objects
 
+#: The package version: the one place it is defined (pyproject.toml reads it from here).
 __version__ = "0.1.0"
 
 __all__ = [
@@ -90,6 +92,7 @@ __all__ = [
     "read_grid",
     "read_volume",
     "reorient",
+    "run_information",
     "world_plane",
     "write_volume",
 ]
