@@ -106,8 +106,8 @@ def run_information(
     rows = [
         ("date", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
         ("abc_helpers", __version__),
-        ("python", f"{platform.python_version()} ({platform.python_implementation()}, "
-                   f"{sys.platform}-{platform.machine()})"),
+        ("python", (f"{platform.python_version()} ({platform.python_implementation()}, "
+                    f"{sys.platform}-{platform.machine()})")),
         ("libraries", _library_versions(KEY_LIBRARIES)),
         ("data source", _describe_source(data_source)),
     ]
