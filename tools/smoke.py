@@ -21,6 +21,7 @@ import ast
 import os
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,7 @@ def run_profile(profile: Path, out: Path, data_source: str | None, allow_missing
             os.environ.pop("TMPDIR", None)
         else:
             os.environ["TMPDIR"] = old_tmp
+        tempfile.tempdir = None  # this process cached the work folder (kernel connection files)
     outcome.seconds = time.perf_counter() - started
     outcome.disk_bytes = folder_bytes(work)
     if not keep:

@@ -43,20 +43,28 @@ def test_every_chapter_has_a_real_data_profile():
         assert yaml.safe_load(path.read_text())["data_source"] == "aws", path.name
 
 
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """Every profile in one run of the tool (as `make smoke-aws` runs them), on the sample world."""
+    out = tmp_path_factory.mktemp("smoke")
+    planned = sorted(set().union(*PLANNED.values()))
+    result = _smoke("--out", str(out), "--data-source", "sample",
+                    *[f"--allow-missing={name}" for name in planned])
+    return out, result
+
+
 @pytest.mark.parametrize("chapter", sorted(p.stem for p in PROFILES.glob("*.yaml")))
-def test_profile_runs_on_the_sample_world(chapter, tmp_path):
+def test_profile_runs_on_the_sample_world(chapter, smoke_run):
     """The chapter runs to the end with its profile (data_source switched to sample)."""
+    out, result = smoke_run
     profile = yaml.safe_load((PROFILES / f"{chapter}.yaml").read_text())
     declared = parameters_of(BOOK / f"{chapter}.ipynb")
     undeclared = set(profile) - set(declared)
     planned = PLANNED.get(chapter, set())
     assert undeclared <= planned, (f"book/{chapter}.ipynb no longer accepts {sorted(undeclared - planned)} "
                                    f"from book/profiles/aws/{chapter}.yaml")
-    result = _smoke("--only", chapter, "--data-source", "sample", "--out", str(tmp_path),
-                    *[f"--allow-missing={name}" for name in sorted(planned)])
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert f"{chapter}: passed" in result.stdout
-    executed = nbformat.read(tmp_path / f"{chapter}.ipynb", as_version=4)
+    assert f"{chapter}: passed" in result.stdout, result.stdout[-4000:] + result.stderr[-4000:]
+    executed = nbformat.read(out / f"{chapter}.ipynb", as_version=4)
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(injected) == 1
     values = {node.targets[0].id: ast.literal_eval(node.value)
@@ -65,7 +73,15 @@ def test_profile_runs_on_the_sample_world(chapter, tmp_path):
     assert values == {**expected, "data_source": "sample"}
     errors = [o for c in executed.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
-    assert not (tmp_path / "work" / chapter).exists()  # the chapter's data went with its work folder
+    assert not (out / "work" / chapter).exists()  # the chapter's data went with its work folder
+
+
+def test_the_whole_run_passes(smoke_run):
+    """Every chapter in one run: exit status 0 and a summary row per chapter."""
+    _, result = smoke_run
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    for path in PROFILES.glob("*.yaml"):
+        assert f"| {path.stem} | passed: ran to the end |" in result.stdout
 
 
 def test_an_undeclared_parameter_fails_before_running(tmp_path):
