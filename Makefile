@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: book test venv lint bench clean notebooks
+.PHONY: book test venv lint bench clean notebooks smoke-aws dist
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,20 +26,35 @@ test: $(STAMP)
 	$(PY) -m abc_helpers.sample build
 	$(PY) -m pytest tests abc_helpers --doctest-modules --nbval book --nbval-sanitize-with book/sanitize.cfg -p no:cacheprovider
 
+## ruff and mypy over the code; actionlint and zizmor (offline: no GitHub API) over the workflows.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check abc_helpers tests bench book tools
 	$(VENV)/bin/mypy
+	$(VENV)/bin/actionlint .github/workflows/*.yml
+	$(VENV)/bin/zizmor --offline --quiet .github/workflows
 
 ## Re-execute the notebooks in place (their stored outputs are what readers and nbval see).
 notebooks: $(STAMP)
 	$(PY) -m abc_helpers.sample build
 	$(PY) tools/run_notebooks.py
 
+## Every chapter against the REAL services (needs internet) with the small profiles of book/profiles/aws:
+## about 4.5 GB downloaded, one chapter's data on disk at a time; executed notebooks in $(SMOKE_OUT).
+SMOKE_OUT ?= _build/smoke
+smoke-aws: $(STAMP)
+	$(PY) tools/smoke.py --profiles book/profiles/aws --out $(SMOKE_OUT)
+
+## The sdist and the wheel in dist/ (offline: the venv's setuptools), checked by twine.
+dist: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --no-isolation --outdir dist .
+	$(VENV)/bin/twine check --strict dist/*
+
 bench: $(STAMP)
 	for b in bench/[!_]*.py; do $(PY) $$b --quick || exit 1; done
 
 clean:
-	rm -rf _build
+	rm -rf _build dist build abc_helpers.egg-info
 
 ## Optional: the real AllenSDK (in its own venv: it pins numpy<1.24) against the sample VBN bucket.
 ALLENSDK_VENV := .venv-allensdk

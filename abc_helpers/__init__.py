@@ -50,6 +50,7 @@ from .neuropixels import (
     get_manifest_url,
     get_metadata_url,
 )
+from .runinfo import run_information
 from .sources import Source, get_source
 from .transfer import (
     DownloadError,
@@ -62,6 +63,7 @@ from .transfer import (
     received_bytes,
 )
 
+#: The package version: the one place it is defined (pyproject.toml reads it from here).
 __version__ = "0.1.0"
 
 __all__ = [
@@ -109,6 +111,7 @@ __all__ = [
     "read_volume",
     "received_bytes",
     "reorient",
+    "run_information",
     "served_indexes",
     "world_plane",
     "write_catalog",

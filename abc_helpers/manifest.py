@@ -71,7 +71,11 @@ class FileAttributes:
 
 
 def format_size(nbytes: float) -> str:
-    """Format a byte count the way the ABC Atlas tools print it (powers of 1024).
+    """Format a byte count exactly as abc_atlas_access prints a directory size.
+
+    Like its ``Manifest._get_directory_size``: gigabytes (1024**3 bytes), or megabytes below one
+    gigabyte, rounded to two decimals by ``round`` (so trailing zeros are dropped: ``'1.5 MB'``).
+    Every size this package shows uses it.
 
     Examples
     --------
@@ -79,13 +83,17 @@ def format_size(nbytes: float) -> str:
     '104.16 GB'
     >>> format_size(4875000)
     '4.65 MB'
-    >>> format_size(2048)
-    '2.00 KB'
+    >>> format_size(221010)  # 215.83 KiB
+    '0.21 MB'
+    >>> format_size(1.5 * 1024**2)
+    '1.5 MB'
     """
-    for unit, power in (("TB", 4), ("GB", 3), ("MB", 2), ("KB", 1)):
-        if nbytes >= 1024**power:
-            return f"{nbytes / 1024**power:.2f} {unit}"
-    return f"{int(nbytes)} B"
+    total = nbytes / 1024**3
+    unit = "GB"
+    if total < 1:
+        total *= 1024
+        unit = "MB"
+    return f"{round(total, 2)} {unit}"
 
 
 def suggest(name: str, choices: list[str]) -> str:

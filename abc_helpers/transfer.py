@@ -11,7 +11,7 @@ Every file this package fetches goes through :func:`download` (one file) or :fun
   server ignores the range);
 * connection errors, time-outs, short bodies and 5xx/429 answers are retried with backoff
   (``Retry-After`` honoured); a hash mismatch deletes the partial file and retries; 403/404 are not
-  retried;
+  retried, nor is a host name that cannot be resolved (no network): that fails at once;
 * one inter-process lock per file, so two processes fetching the same file end with one good copy.
 """
 
@@ -22,6 +22,7 @@ import http.client
 import logging
 import os
 import queue
+import socket
 import sys
 import threading
 import time
@@ -29,6 +30,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
@@ -136,6 +138,49 @@ def get_session() -> requests.Session:
                 session.trust_env = False
             _session = session
         return _session
+
+
+def unresolvable_host(error: BaseException) -> str | None:
+    """Return why a host name could not be resolved, if that is what caused *error*; else None.
+
+    A name that does not resolve (no network, no DNS, a mistyped host) is not fixed by retrying,
+    so the downloads fail at once on it instead of backing off for a quarter of a minute.
+
+    Parameters
+    ----------
+    error : BaseException
+        What ``requests`` raised (its causes are followed: urllib3's ``NameResolutionError``, the
+        socket's ``gaierror``).
+
+    Returns
+    -------
+    str or None
+        The resolver's message, e.g. ``'Name or service not known'``, or None for other errors.
+    """
+    chain: dict[int, BaseException] = {}
+    todo = [error]
+    while todo:
+        current = todo.pop()
+        if id(current) not in chain:
+            chain[id(current)] = current
+            linked = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+            todo.extend(e for e in linked if isinstance(e, BaseException))
+    for found in chain.values():
+        if isinstance(found, socket.gaierror):
+            return found.strerror or str(found)
+    name_error = getattr(urllib3.exceptions, "NameResolutionError", ())  # urllib3 >= 2
+    for found in chain.values():
+        if isinstance(found, name_error):
+            return str(found)
+    return None
+
+
+def host_not_found(url: str, reason: str) -> str:
+    """The message for a *url* whose host cannot be resolved: the host, the cause and the fix."""
+    host = urlsplit(url).hostname
+    return (f"the host '{host}' cannot be resolved ({reason}): there is no network or no DNS here, "
+            "or the host name is wrong. Retrying cannot fix this. Check the internet connection "
+            "(or the mirror URL you gave); offline, use the sample world (data_source='sample').")
 
 
 def _timeout() -> tuple[float, float]:
@@ -260,6 +305,9 @@ def _get(url: str, headers: dict[str, str]) -> requests.Response:
     try:
         return get_session().get(url, headers=headers, stream=True, timeout=_timeout())
     except (requests.ConnectionError, requests.Timeout) as error:
+        reason = unresolvable_host(error)
+        if reason is not None:  # no network or a wrong host name: retrying cannot fix it
+            raise DownloadError(host_not_found(url, reason)) from None
         raise _Retryable(f"connection failed ({type(error).__name__}: {error})") from error
     except ValueError as error:  # a redirect to a URL that check_url_allowed refuses
         raise DownloadError(f"redirected to a refused URL: {error}") from None
@@ -670,6 +718,10 @@ def list_objects(bucket_url: str, prefix: str = "", timeout: tuple[float, float]
             try:
                 response = session.get(url, timeout=timeout or _timeout())
             except (requests.ConnectionError, requests.Timeout) as error:
+                reason = unresolvable_host(error)
+                if reason is not None:
+                    raise DownloadError(f"Could not list {bucket_url} (prefix '{prefix}'): "
+                                        f"{host_not_found(url, reason)}") from None
                 if retry == DEFAULT_RETRIES:
                     raise DownloadError(f"Could not list {bucket_url} (prefix '{prefix}'): {error}. "
                                         "Check the connection and the data source.") from None

@@ -502,3 +502,22 @@ def test_older_release_without_a_matrix(sample_source, tmp_path, tables):
     with pytest.warns(MissingCellsWarning, match=r"WMB-10XMulti/WMB-10XMulti/log2' \(\d+ cells\)"):
         got = get_gene_data(cache, multi, genes, ["Tac2"], progressbar=False)
     assert got["Tac2"].isna().all()
+
+
+def test_get_gene_data_progressbar_false_prints_no_bar(sample_source, tmp_path, tables, capfd):
+    """get_gene_data(progressbar=False) downloads its matrices without one bar on stderr."""
+    from abc_helpers.cache import AbcProjectCache
+    from abc_helpers.expression import get_gene_data
+
+    cells, genes = tables
+    two = cells[cells["feature_matrix_label"].isin(sorted(cells["feature_matrix_label"].unique())[:2])]
+    quiet = AbcProjectCache.from_s3_cache(tmp_path / "quiet", source=sample_source)
+    capfd.readouterr()
+    got = get_gene_data(quiet, two, genes, ["Tac2"], progressbar=False)
+    assert got.shape == (len(two), 1) and len(list((tmp_path / "quiet").rglob("*.h5ad"))) == 2
+    assert capfd.readouterr().err == ""
+    # the default shows the downloads: the check above can fail
+    loud = AbcProjectCache.from_s3_cache(tmp_path / "loud", source=sample_source)
+    get_gene_data(loud, two, genes, ["Tac2"])
+    err = capfd.readouterr().err
+    assert "-log2.h5ad" in err and "B/s" in err, err

@@ -33,6 +33,21 @@ def test_real_manifest_directories_and_files(real):
     assert real.get_file_attributes("WMB-10XMulti", "WMB-10XMulti/log2").version == "20230830"
 
 
+@pytest.mark.parametrize(("nbytes", "text"), [
+    (111838076296, "104.16 GB"),  # WMB-10Xv2, as abc_atlas_access's getting-started page shows it
+    (4875000, "4.65 MB"),         # WMB-taxonomy metadata, ditto
+    (221010, "0.21 MB"),          # 215.83 KiB: MB below a gigabyte, never KB
+    (0, "0.0 MB"),
+    (1024**2 * 3 // 2, "1.5 MB"),  # round(), not a fixed two decimals
+    (1024**3 - 1, "1024.0 MB"),
+    (1024**3, "1.0 GB"),
+    (5 * 1024**4, "5120.0 GB"),   # no TB
+])
+def test_sizes_are_formatted_like_abc_atlas_access(nbytes, text):
+    """Sizes read as abc_atlas_access prints them: f"{round(size, 2)} {unit}", GB or else MB."""
+    assert format_size(nbytes) == text
+
+
 def test_ambiguous_and_near_miss_names(real):
     """An ambiguous name lists the valid choices; a near miss suggests the closest names."""
     with pytest.raises(KeyError) as info:

@@ -176,3 +176,48 @@ def test_two_processes_fetch_one_file(server, tmp_path, big_hash):
     assert _md5(target) == big_hash
     assert server.stats()["bytes_sent"][f"{BUCKET}/data/big.bin"] == BIG  # fetched once
     assert sorted(p.name for p in target.parent.iterdir()) in (["big.bin"], ["big.bin", "big.bin.lock"])
+
+
+# -- a host that cannot be resolved (no network): fail at once, naming the host ---------------------
+UNRESOLVABLE = "http://nonexistent.invalid"  # .invalid never resolves (RFC 2606)
+
+
+def _entry_points(tmp_path):
+    from abc_helpers import (
+        AbcProjectCache,
+        VbnProjectCache,
+        get_source,
+        list_objects,
+        query_section_datasets,
+    )
+
+    source = get_source(UNRESOLVABLE)  # named as a mirror, so plain HTTP to it is allowed
+    return {
+        "download": lambda: download(f"{UNRESOLVABLE}/bucket/file.csv", tmp_path / "file.csv"),
+        "download_many": lambda: download_many(
+            [DownloadJob(f"{UNRESOLVABLE}/bucket/{i}.csv", tmp_path / f"{i}.csv") for i in range(3)],
+            progressbar=False),
+        "list_objects": lambda: list_objects(source.bucket_url("allen-brain-cell-atlas")),
+        "AbcProjectCache": lambda: AbcProjectCache.from_s3_cache(tmp_path / "abc", source=source),
+        "VbnProjectCache": lambda: VbnProjectCache.from_s3_cache(tmp_path / "vbn", source=source),
+        "query_section_datasets": lambda: query_section_datasets("coronal", ["Pcp2"], source=source),
+    }
+
+
+@pytest.mark.parametrize("entry", ["download", "download_many", "list_objects", "AbcProjectCache",
+                                   "VbnProjectCache", "query_section_datasets"])
+def test_unresolvable_host_fails_fast_and_says_so(tmp_path, entry, caplog):
+    """A host name that does not resolve fails in under 2 s, without retries, naming the host."""
+    import time
+
+    call = _entry_points(tmp_path)[entry]
+    started = time.perf_counter()
+    with caplog.at_level("WARNING", logger="abc_helpers"), pytest.raises(DownloadError) as info:
+        call()
+    elapsed = time.perf_counter() - started
+    message = str(info.value)
+    assert "the host 'nonexistent.invalid' cannot be resolved" in message, message
+    assert "Retrying cannot fix this" in message and "data_source='sample'" in message
+    assert elapsed < 2, f"{entry} took {elapsed:.1f} s to fail"
+    assert not [r for r in caplog.records if "Retrying" in r.getMessage()]  # not one retry
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix == ".csv"]

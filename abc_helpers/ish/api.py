@@ -132,8 +132,12 @@ def query_section_datasets(
     ------
     ValueError
         If the API rejects the query; the message quotes the API's ``msg``.
+    DownloadError
+        At once if the API's host name cannot be resolved (no network): retrying cannot help.
     """
-    from ..transfer import get_session
+    import requests
+
+    from ..transfer import DownloadError, get_session, host_not_found, unresolvable_host
 
     src = get_source(source)
     session = get_session()
@@ -141,7 +145,14 @@ def query_section_datasets(
     while True:
         url = section_datasets_url(plane, genes, src, start_row=start, num_rows=page_size)
         check_url_allowed(url)
-        response = session.get(url, timeout=(10, 120))
+        try:
+            response = session.get(url, timeout=(10, 120))
+        except requests.ConnectionError as error:
+            reason = unresolvable_host(error)
+            if reason is None:
+                raise
+            msg = f"Could not query the Allen API for SectionDataSets: {host_not_found(url, reason)}"
+            raise DownloadError(msg) from None
         if response.status_code != 200:
             msg = (f"The Allen API rejected the SectionDataSet query (HTTP {response.status_code}): "
                    f"{_api_error(response)} URL: {url}")

@@ -1,0 +1,80 @@
+"""The GitHub workflows do what the README and CONTRIBUTING promise, with least privilege.
+
+(`make lint` runs actionlint and zizmor over them; this checks what those do not know.)
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKFLOWS = ROOT / ".github" / "workflows"
+
+
+def _load(name: str) -> dict:
+    data = yaml.safe_load((WORKFLOWS / name).read_text())
+    data["on"] = data.pop(True, data.get("on"))  # YAML 1.1 reads the key `on` as true
+    return data
+
+
+def _runs(job: dict) -> list[str]:
+    return [step["run"].strip() for step in job["steps"] if "run" in step]
+
+
+def test_every_action_is_pinned_to_a_commit():
+    """Every `uses:` names a full commit SHA (tags can be moved), with the version in a comment."""
+    for path in sorted(WORKFLOWS.glob("*.yml")):
+        for line in path.read_text().splitlines():
+            if "uses:" in line:
+                assert re.search(r"uses: [\w.-]+/[\w.-]+@[0-9a-f]{40}  # v\d", line), f"{path.name}: {line}"
+
+
+def test_ci_runs_the_readme_commands_and_lint_on_every_push_and_pull_request():
+    """ci.yml runs the README's two commands and `make lint`, on push and on pull requests."""
+    ci = _load("ci.yml")
+    assert set(ci["on"]) == {"push", "pull_request"}
+    readme = (ROOT / "README.md").read_text()
+    first_block = readme.split("```bash", 1)[1].split("```", 1)[0]
+    commands = re.findall(r"^(make \w+)", first_block, flags=re.MULTILINE)
+    assert commands == ["make book", "make test"]
+    runs = _runs(ci["jobs"]["test"])
+    for command in [*commands, "make lint"]:
+        assert command in runs, f"ci.yml does not run {command}"
+
+
+def test_least_privilege():
+    """Nothing by default; reading the repository to test; Pages rights only for the deploy on main."""
+    for name in ("ci.yml", "smoke-real-data.yml"):
+        workflow = _load(name)
+        assert workflow["permissions"] == {}, name
+        for job_name, job in workflow["jobs"].items():
+            allowed = ({"pages": "write", "id-token": "write"} if job_name == "deploy"
+                       else {"contents": "read"})
+            assert job["permissions"] == allowed, f"{name}: {job_name}"
+            for step in job.get("steps", []):
+                if "actions/checkout@" in step.get("uses", ""):
+                    assert step["with"]["persist-credentials"] is False
+    deploy = _load("ci.yml")["jobs"]["deploy"]
+    assert deploy["if"] == "github.event_name == 'push' && github.ref == 'refs/heads/main'"
+    assert deploy["needs"] == "test" and deploy["environment"]["name"] == "github-pages"
+    upload = [s for s in _load("ci.yml")["jobs"]["test"]["steps"]
+              if "upload-pages-artifact" in s.get("uses", "")]
+    assert upload[0]["with"]["path"] == "_build/html" and upload[0]["if"] == deploy["if"]
+
+
+def test_smoke_runs_every_profile_weekly_and_keeps_the_notebooks():
+    """smoke-real-data.yml: weekly and on demand, `make smoke-aws`, notebooks uploaded even on failure."""
+    smoke = _load("smoke-real-data.yml")
+    assert "workflow_dispatch" in smoke["on"] and len(smoke["on"]["schedule"]) == 1
+    minute, hour, day, month, weekday = smoke["on"]["schedule"][0]["cron"].split()
+    assert minute.isdigit() and hour.isdigit() and day == month == "*" and weekday.isdigit()  # weekly
+    job = smoke["jobs"]["smoke"]
+    assert "make venv" in _runs(job)
+    assert any(run.startswith("make smoke-aws") for run in _runs(job))
+    upload = [s for s in job["steps"] if "actions/upload-artifact@" in s.get("uses", "")]
+    assert upload and upload[0]["if"] == "always()"
+    assert upload[0]["with"]["path"].startswith("_build/smoke/")
+    assert "smoke-aws:" in (ROOT / "Makefile").read_text()

@@ -1,0 +1,16 @@
+"""The Colab install cell of the chapters: on Google Colab it installs abc_helpers, elsewhere nothing.
+
+Colab opens a chapter from GitHub in a bare Python: without this, ``import abc_helpers`` fails with
+``ModuleNotFoundError``. The code below this docstring is the cell, as pasted into each chapter (its
+first code cell); ``tests/publishing/test_binder_colab.py`` runs it both ways. The ``book`` extra
+brings what the chapters import besides the package (pynwb, matplotlib, nibabel, isal).
+"""
+
+import sys
+
+if "google.colab" in sys.modules:  # on Colab only: install the package from this repository
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",
+                    "abc_helpers[book] @ git+https://github.com/allen-open-data/abc_helpers@main"],
+                   check=True)
