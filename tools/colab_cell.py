@@ -1,8 +1,10 @@
 """The Colab install cell of the chapters: on Google Colab it installs abc_helpers, elsewhere nothing.
 
 Colab opens a chapter from GitHub in a bare Python: without this, ``import abc_helpers`` fails with
-``ModuleNotFoundError``. The code below this docstring is the cell, as pasted into each chapter (its
-first code cell); ``tests/publishing/test_binder_colab.py`` runs it both ways. The ``book`` extra
+``ModuleNotFoundError``. The code below this docstring is the cell, as pasted into each chapter (the
+first code cell of its Imports section, right after the parameters, so it runs before any import;
+``tests/book/test_notebook_skeleton.py`` checks each chapter has it verbatim);
+``tests/publishing/test_binder_colab.py`` runs it both ways. The ``book`` extra
 brings what the chapters import besides the package (pynwb, matplotlib, nibabel, isal).
 """
 

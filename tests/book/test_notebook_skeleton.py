@@ -1,12 +1,14 @@
 """Every chapter follows one skeleton (Project Pythia's, with parameters and hidden solutions).
 
 Title; Overview; Prerequisites with the time to learn and the data size; Parameters (the papermill
-cell); Imports; the narrative sections; Summary with "What's next?"; Exercises whose solutions are
-hidden (a dropdown); Resources and references with full https links.
+cell); Imports, opened by the Colab install cell of ``tools/colab_cell.py``; the narrative sections;
+Summary with "What's next?"; Exercises whose solutions are hidden (a dropdown); Resources and
+references with full https links; Run information, printed by the chapter's last cell.
 """
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -15,9 +17,19 @@ import pytest
 
 BOOK = Path(__file__).resolve().parents[2] / "book"
 CHAPTERS = sorted(BOOK.glob("*.ipynb"))
+COLAB_CELL = BOOK.parent / "tools" / "colab_cell.py"
 #: The second-level sections every chapter opens and closes with, in this order.
 OPENING = ["Overview", "Prerequisites", "Parameters", "Imports"]
-CLOSING = ["Summary", "Exercises", "Resources and references"]
+CLOSING = ["Summary", "Exercises", "Resources and references", "Run information"]
+#: The chapter's last cell: the run information of its data source (and of the caches it used).
+RUN_INFORMATION = re.compile(r"print\(run_information\(data_source(, \w+|, \[\w+(, \w+)*\])?\)\)")
+
+
+def _colab_code() -> str:
+    """The Colab install cell: the code of ``tools/colab_cell.py`` below its docstring."""
+    text = COLAB_CELL.read_text()
+    docstring_end = ast.parse(text).body[0].end_lineno
+    return "\n".join(text.splitlines()[docstring_end:]).strip()
 
 
 def _markdown_lines(text: str) -> list[str]:
@@ -103,9 +115,30 @@ def test_parameters_cell_then_imports(nb):
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert tagged == [code[0]], "exactly one parameters cell"
     imports = sections["Imports"].code
-    assert imports and re.search(r"^(from|import) ", imports[0].source, re.M)
+    assert len(imports) >= 2 and re.search(r"^(from|import) ", imports[1].source, re.M)
     before = [c for h in ("", "Overview", "Prerequisites") for c in sections[h].code]
     assert before == [], "code before the Parameters section"
+
+
+def test_colab_cell_opens_the_imports(nb):
+    """The Colab install cell, verbatim, is the first code cell after the parameters (before any import)."""
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", [])
+    assert code[1].source.strip() == _colab_code(), "the Colab cell differs from tools/colab_cell.py"
+    assert code[1] is _sections(nb)["Imports"].code[0]
+
+
+def test_ends_with_run_information(nb):
+    """The last cell prints the run information (versions, data source, release, date), executed."""
+    section = _sections(nb)["Run information"]
+    assert len(section.code) == 1 and section.code[0] is nb.cells[-1], "one code cell, the chapter's last"
+    cell = nb.cells[-1]
+    assert RUN_INFORMATION.fullmatch(cell.source.strip()), cell.source
+    assert any(re.search(r"^from abc_helpers import[^)]*\brun_information\b", c.source, re.M)
+               for c in _sections(nb)["Imports"].code), "run_information is not imported under Imports"
+    text = "".join(o.get("text", "") for o in cell.get("outputs", []) if o.output_type == "stream")
+    assert text.startswith("Run information (paste it into a bug report)\n"), "not executed"
+    assert "  data source   sample (the synthetic sample world, offline)" in text
 
 
 def test_summary_has_whats_next(nb):
