@@ -39,7 +39,7 @@ notebooks: $(STAMP)
 	$(PY) tools/run_notebooks.py
 
 ## Every chapter against the REAL services (needs internet) with the small profiles of book/profiles/aws:
-## about 4.5 GB downloaded, one chapter's data on disk at a time; executed notebooks in $(SMOKE_OUT).
+## 7 to 11.5 GB downloaded, one chapter's data (at most 7 GB) on disk at a time; executed notebooks in $(SMOKE_OUT).
 SMOKE_OUT ?= _build/smoke
 smoke-aws: $(STAMP)
 	$(PY) tools/smoke.py --profiles book/profiles/aws --out $(SMOKE_OUT)

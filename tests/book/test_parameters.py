@@ -87,6 +87,35 @@ def test_gene_extraction_other_genes_raw(tmp_path):
     assert np.array_equal(saved.to_numpy(), np.round(saved.to_numpy())) and saved.to_numpy().max() > 1
 
 
+def test_gene_extraction_some_matrices(tmp_path):
+    """gene_extraction with `matrices` reads only those matrices' cells, downloads and indexes only
+    those matrices, and compares with the published view over the cells both have."""
+    path = chapter("gene_extraction")
+    assert parameters_of(path)["matrices"] is None  # the default: every matrix
+    wanted = ["WMB-10XMulti", "WMB-10Xv2-HY"]
+    cache = tmp_path / "cache"
+    nb = run_chapter(path, tmp_path, matrices=wanted, cache_dir=str(cache))
+    (metadata,) = (cache / "metadata" / "WMB-10X").iterdir()  # the loaded release's version
+    cells = pd.read_csv(metadata / "cell_metadata.csv", index_col="cell_label", dtype={"cell_label": str})
+    expected = cells.index[cells["feature_matrix_label"].isin(wanted)]
+    assert 0 < len(expected) < len(cells)
+    saved = pd.read_csv(cache / "my_views" / "example_genes_all_cells_expression.csv",
+                        index_col="cell_label", dtype={"cell_label": str})
+    assert sorted(saved.index) == sorted(expected)
+    downloaded = sorted(p.name for p in (cache / "expression_matrices").rglob("*.h5ad")
+                        if not p.name.endswith(".gene_index.h5ad"))
+    assert downloaded == sorted(f"{m}-log2.h5ad" for m in wanted)
+    assert f"{len(wanted)} gene indexes built" in text_of(nb, "build_gene_index(")
+    compared = text_of(nb, "shared = ours.index.intersection")
+    published = pd.read_csv(metadata / "views" / "example_genes_all_cells_expression.csv",
+                            index_col="cell_label")
+    counts = f"cells: {len(expected):,} here, {len(published):,} in the published view, {len(expected):,} in both"
+    assert counts in compared, compared
+    assert "largest difference over the shared genes: 0e+00" in compared, compared
+    assert f"{len(wanted)} of the {len(wanted)} log2 matrices have a gene index served" in \
+        text_of(nb, "served_indexes(learner)")
+
+
 # -- chapter 3: ISH grids --------------------------------------------------------------------------
 def test_ish_grids_other_plane(tmp_path):
     """ish_grids on the other plane queries, downloads and stacks sagittal experiments."""
@@ -151,3 +180,29 @@ def test_linking_atlases_other_session_and_probe(tmp_path):
     tracks = [re.search(r"structures from tip to top: (.*)", t).group(1) for t in (shown, stored_text)]
     assert tracks[0] != tracks[1], tracks
     assert "genes with a coronal grid" in text_of(nb, "query_section_datasets(")
+
+
+def test_linking_atlases_max_matrix_gb(tmp_path):
+    """linking_atlases with `max_matrix_gb` reads only the smallest 10x matrices of the crossed
+    regions, up to that total, and fetches nothing of any other matrix."""
+    path = chapter("linking_atlases")
+    assert parameters_of(path)["max_matrix_gb"] is None  # the default: every matrix
+    cache = tmp_path / "cache"
+    budget_gb = 0.0005
+    nb = run_chapter(path, tmp_path, max_matrix_gb=budget_gb, cache_dir=str(cache))
+    shown = text_of(nb, "by_size = matrices")
+    listed = re.findall(r"^\s*(?:WMB-10X\S*\s+)?(WMB-10X\S*)\s+\d+\s+[\d.]+$", shown, re.M)
+    assert len(listed) > 2, shown  # the crossed regions' matrices, all of them listed
+    abc = AbcProjectCache.from_cache_dir(cache / "abc", source="sample")
+    sizes = sorted((abc.get_file_attributes(d, f"{m}/log2").size, m)
+                   for d in ("WMB-10Xv2", "WMB-10Xv3", "WMB-10XMulti")
+                   for m in listed if m.startswith(d + "-") or m == d)
+    assert len(sizes) == len(listed)
+    expected = [m for (_, m), total in zip(sizes, np.cumsum([s for s, _ in sizes]), strict=True)
+                if total <= budget_gb * 1e9]
+    assert 0 < len(expected) < len(listed)
+    assert f"reading {len(expected)} of them, " in shown, shown
+    # the matrices read: downloaded (.h5ad) or queried through a served gene index (its sidecars)
+    read = {p.name.split("-log2.")[0] for p in (cache / "abc" / "expression_matrices").rglob("*-log2.*")}
+    assert read == set(expected)
+    assert "No matrix of these regions fits" not in text_of(nb, "expression = get_gene_data(")
