@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _measure import peak_rss_mb
+from _measure import add_save_arguments, bytes_read, peak_rss_mb, save_result
 
 N_GENES = 32_285
 NNZ_PER_CELL = 2_000
@@ -137,6 +137,12 @@ def warm(path: Path) -> None:
 
 
 # -- the methods (run in a child process) -------------------------------------------------------
+def _delta(before: int | None) -> int | None:
+    """Bytes read since *before* (a :func:`bytes_read` value), or None where it is not measured."""
+    after = bytes_read()
+    return None if before is None or after is None else after - before
+
+
 def _cells_and_genes(path: Path, shuffled: bool = False):
     import h5py
 
@@ -202,9 +208,11 @@ def method_ours_streaming(path: Path, **_):
     from abc_helpers.expression import extract_genes_from_h5ad
 
     cells, genes = _cells_and_genes(path)
+    read0 = bytes_read()
     t0 = time.perf_counter()
     df = extract_genes_from_h5ad(path, genes, cell_labels=cells)
-    return time.perf_counter() - t0, df.to_numpy(), {}
+    seconds = time.perf_counter() - t0
+    return seconds, df.to_numpy(), {"bytes_read": _delta(read0)}
 
 
 def method_anndata_backed(path: Path, **_):
@@ -249,9 +257,11 @@ def method_gene_index(path: Path, index: Path, shuffled: bool = False, **_):
     from abc_helpers.expression import extract_genes_from_h5ad
 
     cells, genes = _cells_and_genes(path, shuffled)
+    read0 = bytes_read()
     t0 = time.perf_counter()
     df = extract_genes_from_h5ad(index, genes, cell_labels=cells)
     seconds = time.perf_counter() - t0
+    read_first = _delta(read0)
     repeated = []
     for _ in range(5):  # same process: the index's labels and gene names are cached now
         t1 = time.perf_counter()
@@ -261,7 +271,7 @@ def method_gene_index(path: Path, index: Path, shuffled: bool = False, **_):
     values = df.to_numpy()
     if shuffled:  # back to file order, to compare with the others
         values = df.reindex(_cells_and_genes(path)[0]).to_numpy()
-    return seconds, values, {"seconds_repeated": statistics.median(repeated)}
+    return seconds, values, {"seconds_repeated": statistics.median(repeated), "bytes_read": read_first}
 
 
 def method_gene_index_shuffled(path: Path, index: Path, **_):
@@ -301,6 +311,7 @@ def main() -> None:
     parser.add_argument("--cells", type=int, help="number of cells (overrides --quick)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs of the fast methods (median reported)")
+    add_save_arguments(parser)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--index", type=Path, help=argparse.SUPPRESS)
@@ -382,7 +393,14 @@ def main() -> None:
         "speedup_gene_index_shuffled_repeated_vs_streaming": round(
             ours / repeated("gene_index_shuffled"), 1),
         "peak_rss_mb_gene_index_query": round(peak("gene_index")),
+        "index_gb": round(index.stat().st_size / 1e9, 2),
+        # read/pread bytes of one run (the first): the whole matrix, against the genes' slices
+        "bytes_read_ours": results["ours_streaming"][0]["bytes_read"],
+        "bytes_read_gene_index_query": results["gene_index"][0]["bytes_read"],
+        "result_mb": round(n_cells * len(GENES) * 4 / 1e6, 1),
     }
+    if args.save:
+        print(f"saved to {save_result('gene_extraction', summary, args.quick, args.note)}", file=sys.stderr)
     print(json.dumps(summary))
 
 

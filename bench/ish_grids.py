@@ -38,6 +38,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
+from _measure import add_save_arguments, save_result
 from platformdirs import user_cache_dir
 
 CACHE = Path(os.environ.get("ABC_HELPERS_BENCH_DIR") or Path(user_cache_dir("abc_helpers")) / "bench-ish")
@@ -271,12 +272,13 @@ def compare_methods(world: Path, ids: list[int], genes: list[str], workers: int,
     (``recently_deleted`` scans), which would penalise whichever method runs next.
     """
     from abc_helpers import ish
+    from abc_helpers.sources import Source
 
     proc, url = start_server(world, fault)
     times: dict[str, list[float]] = {"seed": [], "ours": [], "download": []}
     identical = True
     try:
-        meta = ish.query_section_datasets("coronal", source=ish.Source("mirror", url))
+        meta = ish.query_section_datasets("coronal", source=Source("mirror", url))
         assert set(ids) <= set(meta["experiment_id"]), "the query misses experiments"
         common = {"url": url, "ids": ids}
         base = Path(tempfile.mkdtemp(prefix="setting-", dir=workdir))
@@ -320,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-ms", type=float, default=20.0,
                         help="first-byte latency per grid request for the headline figures (default 20 ms, "
                              "closer to the real API than bare loopback; loopback figures are reported too)")
+    add_save_arguments(parser)
     args = parser.parse_args(argv)
     n_exp, n_stack = (120, 600) if args.quick else (args.experiments, args.stack)
     rounds = 1 if args.quick else max(1, args.rounds)
@@ -358,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         "seconds_correlation_warm_up": round(corr["warm_up"], 3),
         "seconds_correlation_naive_loop": round(naive["seconds"], 3),
     })
+    if args.save:
+        print(f"saved to {save_result('ish_grids', result, args.quick, args.note)}", file=sys.stderr)
     print(json.dumps(result))
     return 0
 

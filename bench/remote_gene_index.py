@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _measure import save_result
+from _measure import add_save_arguments, save_result
 from gene_extraction import GENES, N_GENES, NNZ_PER_CELL, data_dir, generate
 
 RELEASE = "20991231"
@@ -171,8 +171,7 @@ def _sent(server) -> dict[str, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="50,000 cells instead of 200,000")
-    parser.add_argument("--save", action="store_true",
-                        help="also write bench/results/remote_gene_index[-quick].json (quoted by the book)")
+    add_save_arguments(parser)
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
@@ -302,7 +301,7 @@ def main() -> None:
         and summary["speedup_vs_download_then_stream_20ms"] >= 20
         and summary["seconds_repeat_query_20ms"] <= 0.25 and exact and total <= 15)
     if args.save:
-        print(f"saved to {save_result('remote_gene_index', summary, args.quick)}", file=sys.stderr)
+        print(f"saved to {save_result('remote_gene_index', summary, args.quick, args.note)}", file=sys.stderr)
     print(json.dumps(summary))
 
 
