@@ -513,11 +513,16 @@ def test_get_gene_data_progressbar_false_prints_no_bar(sample_source, tmp_path, 
     two = cells[cells["feature_matrix_label"].isin(sorted(cells["feature_matrix_label"].unique())[:2])]
     quiet = AbcProjectCache.from_s3_cache(tmp_path / "quiet", source=sample_source)
     capfd.readouterr()
-    got = get_gene_data(quiet, two, genes, ["Tac2"], progressbar=False)
+    # gene_index="off": download and stream the matrices (the sample also serves gene indexes)
+    got = get_gene_data(quiet, two, genes, ["Tac2"], progressbar=False, gene_index="off")
     assert got.shape == (len(two), 1) and len(list((tmp_path / "quiet").rglob("*.h5ad"))) == 2
+    assert capfd.readouterr().err == ""
+    # the default on the sample, its served gene indexes, is quiet too
+    served = AbcProjectCache.from_s3_cache(tmp_path / "served", source=sample_source)
+    assert get_gene_data(served, two, genes, ["Tac2"], progressbar=False).equals(got)
     assert capfd.readouterr().err == ""
     # the default shows the downloads: the check above can fail
     loud = AbcProjectCache.from_s3_cache(tmp_path / "loud", source=sample_source)
-    get_gene_data(loud, two, genes, ["Tac2"])
+    get_gene_data(loud, two, genes, ["Tac2"], gene_index="off")
     err = capfd.readouterr().err
     assert "-log2.h5ad" in err and "B/s" in err, err
