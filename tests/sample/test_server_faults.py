@@ -160,6 +160,21 @@ def test_stall_before_first_byte(srv):
     assert time.perf_counter() - t0 >= 0.55
 
 
+def test_a_client_gone_during_a_stall_gets_nothing_more(srv):
+    """After a stall the server sends the rest only to a client still there (bytes_sent counts
+    what a live client could receive: a resume test's 're-sent 0 bytes' must not depend on when
+    the stalled request wakes up)."""
+    srv.set_faults(["stall-after=1000,stall=0.3,count=1"])
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(blob_url(srv), timeout=(2, 0.05)).content  # noqa: B018 (read the body)
+    # the stalled request wakes 0.3 s after it began; until then the count is 1000 either way
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline and srv.faults.hits()[0][1] < 1:
+        time.sleep(0.01)
+    time.sleep(0.6)  # past the stall's end: a regression would show its extra bytes by now
+    assert srv.stats()["bytes_sent"][f"{BUCKET}/data/blob.bin"] == 1000
+
+
 def test_stall_mid_body(srv):
     """stall-after=N,stall=S: headers come at once, the body pauses after N bytes"""
     srv.set_faults(["stall-after=4096,stall=0.5,count=1"])

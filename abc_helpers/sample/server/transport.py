@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import secrets
+import select
 import selectors
 import socket
 import socketserver
@@ -320,6 +321,9 @@ class _Handler(BaseHTTPRequestHandler):
                 pos += self._send_span(body, offset + pos, at - pos)
             if kind == "stall":
                 time.sleep(fault.stall or 0.0)
+                if self._peer_gone():  # the client gave up during the stall: nothing more reaches it
+                    self._hang_up()
+                    return
             elif pos == at:
                 byte = body[at] if isinstance(body, bytes) else _pread(body, 1, offset + at)[0]
                 self._send_counted(b"", bytes([byte ^ 0xFF]))
@@ -328,6 +332,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_span(body, offset + pos, end - pos)
         if hang_up:
             self._hang_up()
+
+    def _peer_gone(self) -> bool:
+        """True when the client has closed its end (readable, and reading would return EOF)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     def _hang_up(self) -> None:
         """Close the connection abruptly (the client sees a short body)."""
