@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from .gene_index import (
     IndexTables,
@@ -47,6 +46,7 @@ from .h5ad_layout import (
     block_bounds,
     matrix_layout,
 )
+from .progress import ProgressBar
 from .sources import Source
 
 LOGGER = logging.getLogger("abc_helpers")
@@ -474,8 +474,8 @@ def extract_genes_from_h5ad(
 
         with h5py.File(path, "r") as f:
             total = matrix_layout(f).shape[0]
-    with tqdm(total=total, unit="row", unit_scale=True, desc=Path(path).name,
-              disable=not progressbar) as bar:
+    with ProgressBar(total=total, unit="row", unit_scale=True, desc=Path(path).name,
+                     disable=not progressbar) as bar:
 
         def advance(rows: int) -> None:
             bar.update(rows)
@@ -733,8 +733,8 @@ def get_gene_data(
             gene_positions = ordered.get_indexer(gene_ids)
 
     started = time.perf_counter()
-    bar = tqdm(total=sum(len(p) for *_, p in jobs), unit="cell", unit_scale=True,
-               desc=f"Extracting {len(selected)} genes", disable=not progressbar)
+    bar = ProgressBar(total=sum(len(p) for *_, p in jobs), unit="cell", unit_scale=True,
+                      desc=f"Extracting {len(selected)} genes", disable=not progressbar)
     missing_in_matrix: dict[str, int] = {}
     missing_genes: dict[str, list[str]] = {}
     futures: dict[Future, tuple] = {}

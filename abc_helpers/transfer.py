@@ -23,7 +23,6 @@ import logging
 import os
 import queue
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +37,7 @@ from requests.adapters import HTTPAdapter
 from tqdm import tqdm
 
 from .cachefolder import file_lock, partial_path
+from .progress import ProgressBar
 from .sources import check_url_allowed
 
 LOGGER = logging.getLogger("abc_helpers")
@@ -461,8 +461,8 @@ def download(
         own_bar = progressbar is True
         bar: tqdm | None
         if progressbar is True:
-            bar = tqdm(total=size, desc=desc or path.name, unit="B", unit_scale=True, unit_divisor=1024,
-                       file=sys.stderr, leave=True, dynamic_ncols=False)
+            bar = ProgressBar(total=size, desc=desc or path.name, unit="B", unit_scale=True,
+                              unit_divisor=1024, leave=True)
         else:
             bar = progressbar or None
         try:
@@ -559,8 +559,8 @@ def download_many(
     if not jobs:
         return []
     total = sum(j.size or 0 for j in jobs) or None
-    bar = (tqdm(total=total, desc=desc or f"{len(jobs)} files", unit="B", unit_scale=True,
-                unit_divisor=1024, file=sys.stderr) if progressbar else None)
+    bar = (ProgressBar(total=total, desc=desc or f"{len(jobs)} files", unit="B", unit_scale=True,
+                       unit_divisor=1024) if progressbar else None)
     lock = threading.Lock()
 
     def advance(n: int) -> None:

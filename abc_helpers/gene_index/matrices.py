@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from ..manifest import DataTypeNotInDirectory
+from ..progress import ProgressBar
 from .reader import gene_index_path, read_gene_index_info
 from .writer import DEFAULT_RUN_NNZ, write_gene_index
 
@@ -161,14 +162,22 @@ def build_gene_index(
     {'WMB-10Xv2/WMB-10Xv2-TH/log2': PosixPath('.../WMB-10Xv2-TH-log2.gene_index.h5ad')}
     """
     built = {}
-    for directory, file_name in _matrices(abc_cache, matrices, data_type):
+    todo = []
+    pairs = _matrices(abc_cache, matrices, data_type)
+    for directory, file_name in pairs:
         existing = None if force else find_gene_index(abc_cache, directory, file_name)
         if existing is not None:
             built[f"{directory}/{file_name}"] = existing
-            continue
-        attrs = abc_cache.get_file_attributes(directory, file_name)
-        source = abc_cache.get_data_path(directory, file_name, progressbar=progressbar)
-        built[f"{directory}/{file_name}"] = write_gene_index(
-            source, source_md5=attrs.file_hash, source_file=attrs.relative_path,
-            run_nnz=run_nnz, progressbar=progressbar)
-    return built
+        else:
+            todo.append((directory, file_name))
+    # one overall bar; each matrix's download and indexing bars share its line and are cleared
+    with ProgressBar(total=len(todo), unit="matrix", desc=f"Indexing {len(todo)} matrices",
+                     disable=not progressbar or not todo) as bar:
+        for directory, file_name in todo:
+            attrs = abc_cache.get_file_attributes(directory, file_name)
+            source = abc_cache.get_data_path(directory, file_name, progressbar=progressbar)
+            built[f"{directory}/{file_name}"] = write_gene_index(
+                source, source_md5=attrs.file_hash, source_file=attrs.relative_path,
+                run_nnz=run_nnz, progressbar=progressbar)
+            bar.update(1)
+    return {f"{d}/{f}": built[f"{d}/{f}"] for d, f in pairs}

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from ..cachefolder import atomic_path, file_lock, temporary_path
 from ..h5ad_layout import MatrixLayout, block_bounds, matrix_layout, read_index
+from ..progress import ProgressBar
 from .reader import (
     FORMAT,
     INFO_GROUP,
@@ -165,8 +166,8 @@ def _write_index(src, out, scratch, source: Path, source_file: str, md5: str, ru
     x = src["X"]
     indptr = x["indptr"][()].astype(np.int64, copy=False)
     nnz = int(indptr[-1])
-    with tqdm(total=2 * nnz, unit="value", unit_scale=True, disable=not progressbar,
-              desc=f"Indexing {source.name}") as bar:
+    with ProgressBar(total=2 * nnz, unit="value", unit_scale=True, disable=not progressbar,
+                     desc=f"Indexing {source.name}") as bar:
         run_indptr, bounds = _sorted_runs(x, indptr, layout, run_nnz, scratch, bar)
         out.attrs["encoding-type"] = "anndata"
         out.attrs["encoding-version"] = "0.1.0"
