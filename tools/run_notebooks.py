@@ -19,7 +19,6 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-
 #: Text up to a carriage return that is not followed by a newline: overwritten on screen.
 CARRIAGE_RETURN = re.compile(r"^.*\r(?=[^\n])", re.MULTILINE)
 #: A character followed by a backspace: erased on screen.
