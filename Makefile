@@ -16,9 +16,11 @@ $(STAMP): requirements.txt pyproject.toml
 venv: $(STAMP)
 
 ## Build the book, executing every notebook against the sample world (a failing cell fails the build).
+## --all: Sphinx re-reads every page, so every notebook runs again (execute_notebooks: force) even when
+## only abc_helpers changed; otherwise pages whose .ipynb did not change would keep older outputs.
 book: $(STAMP)
 	$(PY) -m abc_helpers.sample build
-	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
+	$(VENV)/bin/jupyter-book build . --all --warningiserror --keep-going
 	@echo "Book: $(CURDIR)/_build/html/index.html"
 
 ## Run every test, including nbval over the stored outputs of book/*.ipynb.
