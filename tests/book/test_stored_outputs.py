@@ -11,6 +11,7 @@ re-execution (``make notebooks``).
 from __future__ import annotations
 
 import ast
+import itertools
 import re
 import tempfile
 
@@ -73,7 +74,7 @@ def test_streams_are_stored_as_displayed(chapter):
     """Consecutive streams are merged and redraws resolved: no carriage return or backspace is left."""
     for cell in _cells(chapter):
         outputs = cell.get("outputs", [])
-        for before, after in zip(outputs, outputs[1:], strict=False):
+        for before, after in itertools.pairwise(outputs):
             assert not (before.output_type == after.output_type == "stream" and before.name == after.name), \
                 cell.source[:80]
         for o in outputs:
