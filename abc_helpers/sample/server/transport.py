@@ -22,6 +22,7 @@ from urllib.parse import unquote
 from ..faults import Fault, FaultPlan
 from .allen import API_PREFIXES, serve_allen_api
 from .catalog import Catalog
+from .link import Link, Pacer
 from .s3 import S3Error, send_error, serve_s3
 
 __all__ = ["FAULT_ERRORS", "SMALL_BODY", "SampleServer"]
@@ -160,8 +161,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.method = method
         self.request_id = secrets.token_hex(8).upper()
         self.sent = 0
+        self.pacer: Pacer | None = None
         app._record(self.name, requests=1)
         self.status = 0
+        link = app._link
+        if link is not None and link.latency_s > 0:
+            time.sleep(link.latency_s)  # the link's time to the first byte
         plan = app._faults
         self.fault = plan.take(self.name, method) if plan is not None and len(plan) else None
         if method not in ("GET", "HEAD"):
@@ -231,6 +236,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _head_block(self, status: int, headers: dict[str, str], length: int) -> bytes:
         self.status = status
+        link = self.server.app._link
+        self.pacer = link.pacer() if link is not None else None  # the body's clock starts here
         try:
             reason = HTTPStatus(status).phrase
         except ValueError:
@@ -250,7 +257,23 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.app._record(self.name, bytes_sent=n)
 
     def _send_counted(self, prefix: bytes, body: bytes | memoryview) -> None:
-        """Send *prefix* (headers or nothing) and *body* in one write, counting the body."""
+        """Send *prefix* (headers or nothing) and *body* in one write, counting the body (paced
+        in chunks when the link has a bandwidth)."""
+        pacer = self.pacer
+        if pacer is not None and body:
+            if prefix:
+                self.connection.sendall(prefix)
+            view = memoryview(body)
+            for at in range(0, len(view), pacer.chunk):
+                chunk = view[at:at + pacer.chunk]
+                pacer.wait(len(chunk))
+                self._send_counted_now(chunk)
+                pacer.sent(len(chunk))
+            return
+        self._send_counted_now(body, prefix)
+
+    def _send_counted_now(self, body: bytes | memoryview, prefix: bytes = b"") -> None:
+        """Send *prefix* and *body* in one write now, counting the body."""
         self._count(len(body))
         done = False
         try:
@@ -281,11 +304,16 @@ class _Handler(BaseHTTPRequestHandler):
         total = 0
         selector = None
         timeout = sock.gettimeout()
+        pacer = self.pacer
+        step = pacer.chunk if pacer is not None else 1 << 30
         self._count(count)
         try:
             while total < count:
+                size = min(count - total, step)
+                if pacer is not None:
+                    pacer.wait(size)
                 try:
-                    n = os.sendfile(out_fd, in_fd, start + total, min(count - total, 1 << 30))
+                    n = os.sendfile(out_fd, in_fd, start + total, size)
                 except BlockingIOError:  # the socket has a timeout, hence is non-blocking
                     if selector is None:
                         selector = selectors.DefaultSelector()
@@ -296,6 +324,8 @@ class _Handler(BaseHTTPRequestHandler):
                 if n == 0:
                     break
                 total += n
+                if pacer is not None:
+                    pacer.sent(n)
         finally:
             if total < count:
                 self._count(total - count)
@@ -358,8 +388,10 @@ class SampleServer:
     ``api.brain-map.org`` (see :mod:`abc_helpers.sample.allen_api`). The world is read-only:
     other methods get ``405 MethodNotAllowed``. Bodies are streamed with ``os.sendfile``; a
     :class:`~abc_helpers.sample.faults.FaultPlan` makes chosen requests fail in controlled ways,
-    and :meth:`stats` counts requests and body bytes per path. Requests are logged at DEBUG
-    level on the ``abc_helpers.sample`` logger.
+    and :meth:`stats` counts requests and body bytes per path. A :class:`~.link.Link` models a
+    real network link: a first-byte latency on every request and a bandwidth each response body
+    is paced at (:meth:`set_link` changes it while serving). Requests are logged at DEBUG level
+    on the ``abc_helpers.sample`` logger.
 
     Parameters
     ----------
@@ -375,6 +407,10 @@ class SampleServer:
         Serve this folder instead: each subfolder named like a bucket is a bucket, its files
         the objects (cache bookkeeping such as ``*.part`` or ``_*.json`` is skipped), and
         ``allen-api/`` the Allen API files.
+    link : Link or None
+        Latency and bandwidth to add to every response, e.g. ``Link(latency_s=0.02,
+        bandwidth=50e6)`` for 20 ms to the first byte and 50 MB/s; None (default) for loopback
+        speed.
 
     Raises
     ------
@@ -403,6 +439,7 @@ class SampleServer:
         port: int = 0,
         faults: FaultPlan | list | str | None = None,
         mirror: Path | str | None = None,
+        link: Link | None = None,
     ) -> None:
         if root is None and mirror is None:
             raise ValueError("SampleServer needs a world folder (root=...) or a mirror folder "
@@ -414,6 +451,8 @@ class SampleServer:
         self.host = host
         self._port = port
         self._faults = FaultPlan.coerce(faults)
+        self._link: Link | None = None
+        self.set_link(link)
         self._catalog = Catalog(self.root, self.mirror)
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -500,6 +539,49 @@ class SampleServer:
         """
         self._faults = FaultPlan.coerce(faults)
         return self._faults
+
+    @property
+    def link(self) -> Link | None:
+        """The link model in force (None: loopback speed)."""
+        return self._link
+
+    def set_link(self, link: Link | None = None, *, latency_s: float | None = None,
+                 bandwidth: float | None = None) -> Link | None:
+        """Set the link model: first-byte latency and bandwidth of every later response.
+
+        Parameters
+        ----------
+        link : Link or None
+            The new link; None (with no keywords) removes the model (loopback speed).
+        latency_s : float or None
+            Instead of *link*: seconds to the first byte.
+        bandwidth : float or None
+            Instead of *link*: body bytes per second of each response (None: no limit).
+
+        Returns
+        -------
+        Link or None
+            The link now in force.
+
+        Raises
+        ------
+        ValueError
+            If both *link* and keywords are given, or a value is out of range (see :class:`Link`).
+
+        Examples
+        --------
+        >>> server = SampleServer(root=".")  # doctest: +SKIP
+        >>> server.set_link(latency_s=0.02, bandwidth=50e6)  # doctest: +SKIP
+        Link(latency_s=0.02, bandwidth=50000000.0)
+        """
+        if latency_s is not None or bandwidth is not None:
+            if link is not None:
+                raise ValueError("set_link takes a Link or latency_s=/bandwidth=, not both.")
+            link = Link(latency_s=latency_s or 0.0, bandwidth=bandwidth)
+        if link is not None and not isinstance(link, Link):
+            raise TypeError(f"link must be a Link or None, not {type(link).__name__}.")
+        self._link = None if link is None or link.is_ideal else link
+        return self._link
 
     def _record(self, path: str, requests: int = 0, bytes_sent: int = 0) -> None:
         with self._stats_lock:
