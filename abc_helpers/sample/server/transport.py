@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote
 
-from ..faults import Fault, FaultPlan
+from ..faults import Fault, FaultPlan, FaultUse
 from .allen import API_PREFIXES, serve_allen_api
 from .catalog import Catalog
 from .link import Link, Pacer
@@ -168,17 +168,27 @@ class _Handler(BaseHTTPRequestHandler):
         if link is not None and link.latency_s > 0:
             time.sleep(link.latency_s)  # the link's time to the first byte
         plan = app._faults
-        self.fault = plan.take(self.name, method) if plan is not None and len(plan) else None
+        self.use: FaultUse | None = (plan.claim(self.name, method)
+                                     if plan is not None and len(plan) else None)
+        self.fault = self.use.fault if self.use is not None else None
+        self.range_ignored = False
         if method not in ("GET", "HEAD"):
             self.close_connection = True  # we do not read request bodies
+        app._begin()
         try:
             if self.fault is not None:
                 LOGGER.debug("fault %s on %s %s", self.fault, method, self.url_path)
-                if self.fault.ignore_range:
+                if self.fault.ignore_range and "Range" in self.headers:
                     del self.headers["Range"]  # answer 200 with everything
+                    self.range_ignored = True
                 if self.fault.stall is not None and self.fault.stall_after is None:
+                    self._effect("stall")  # it withholds the whole response
                     time.sleep(self.fault.stall)
+                    if self._peer_gone():  # the client gave up during the stall: answer no one
+                        self._hang_up()
+                        return
                 if self.fault.status is not None:
+                    self._effect("status")
                     raise _fault_error(self.fault, self.fault.status, self.name)
             if self.url_path.startswith(API_PREFIXES):
                 serve_allen_api(self, app._catalog.api_root)
@@ -196,8 +206,14 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 send_error(self, S3Error(500, "InternalError", f"{type(err).__name__}: {err}"))
         finally:
+            app._end()
             LOGGER.debug("%s %s -> %s, %d body bytes in %.1f ms", method, self.path, self.status,
                          self.sent, 1000 * (time.perf_counter() - started))
+
+    def _effect(self, kind: str) -> None:
+        """Report to the fault plan that this request's rule changed its response (*kind*)."""
+        if self.use is not None:
+            self.use.took_effect(kind)
 
     # -- responses (the Exchange interface) -----------------------------------------------
     def send_bytes(self, status: int, headers: dict[str, str], body: bytes,
@@ -236,6 +252,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _head_block(self, status: int, headers: dict[str, str], length: int) -> bytes:
         self.status = status
+        if self.range_ignored and status == 200:
+            self._effect("ignore-range")  # the whole object instead of the range asked for
         link = self.server.app._link
         self.pacer = link.pacer() if link is not None else None  # the body's clock starts here
         try:
@@ -336,20 +354,25 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_faulty(self, body: bytes | BinaryIO, offset: int, length: int, fault: Fault) -> None:
         """Send a body of *length* bytes the way *fault* says (drop, stall, corrupt, short)."""
         end, hang_up = length, False
-        if fault.drop_after is not None:
-            end, hang_up = min(end, fault.drop_after), True
-        if fault.short_by is not None:
-            end, hang_up = min(end, max(0, length - fault.short_by)), True
+        drop_after = fault.offset("drop_after", length)
+        short_by = fault.offset("short_by", length)
+        stall_after = fault.offset("stall_after", length)
+        corrupt_at = fault.offset("corrupt_at", length)
+        if drop_after is not None:
+            end, hang_up = min(end, drop_after), True
+        if short_by is not None:
+            end, hang_up = min(end, max(0, length - short_by)), True
         events = []
-        if fault.stall_after is not None and fault.stall_after < end:
-            events.append((fault.stall_after, 0, "stall"))
-        if fault.corrupt_at is not None and fault.corrupt_at < end:
-            events.append((fault.corrupt_at, 1, "corrupt"))
+        if stall_after is not None and stall_after < end:
+            events.append((stall_after, 0, "stall"))
+        if corrupt_at is not None and corrupt_at < end:
+            events.append((corrupt_at, 1, "corrupt"))
         pos = 0
         for at, _, kind in sorted(events):
             if at > pos:
                 pos += self._send_span(body, offset + pos, at - pos)
             if kind == "stall":
+                self._effect("stall-after")  # bytes from here on are withheld
                 time.sleep(fault.stall or 0.0)
                 if self._peer_gone():  # the client gave up during the stall: nothing more reaches it
                     self._hang_up()
@@ -357,9 +380,12 @@ class _Handler(BaseHTTPRequestHandler):
             elif pos == at:
                 byte = body[at] if isinstance(body, bytes) else _pread(body, 1, offset + at)[0]
                 self._send_counted(b"", bytes([byte ^ 0xFF]))
+                self._effect("corrupt-at")
                 pos += 1
         if end > pos:
             self._send_span(body, offset + pos, end - pos)
+        if end < length:  # bytes withheld: the cut or the short body changed the response
+            self._effect("drop-after" if drop_after is not None and drop_after == end else "short-by")
         if hang_up:
             self._hang_up()
 
@@ -457,6 +483,8 @@ class SampleServer:
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._stats_lock = threading.Lock()
+        self._idle = threading.Condition(self._stats_lock)
+        self._active = 0
         self._requests: dict[str, int] = {}
         self._bytes: dict[str, int] = {}
 
@@ -587,6 +615,38 @@ class SampleServer:
         with self._stats_lock:
             self._requests[path] = self._requests.get(path, 0) + requests
             self._bytes[path] = self._bytes.get(path, 0) + bytes_sent
+
+    def _begin(self) -> None:
+        with self._stats_lock:
+            self._active += 1
+
+    def _end(self) -> None:
+        with self._stats_lock:
+            self._active -= 1
+            self._idle.notify_all()
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Wait until no request is being answered, so :meth:`stats` and the fault plan's counts
+        are final (e.g. after a client gave up on a stalled response).
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait at most.
+
+        Returns
+        -------
+        bool
+            True if the server is idle, False after the time-out.
+        """
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._active:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+            return True
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Requests and body bytes sent per request path (decoded, without the leading slash).
