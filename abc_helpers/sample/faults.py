@@ -62,7 +62,9 @@ class Fault:
     count : int or None
         How many matching requests the rule applies to; None for all of them.
     status : int or None
-        Answer with this HTTP status and an S3-style XML error instead of the object.
+        Answer with this HTTP status and an S3-style XML error instead of the object (on the
+        Allen API routes, a 4xx other than 408/429 answers the API's own error envelope, whose
+        ``msg`` a client must quote).
     retry_after : float or None
         With *status*: the ``Retry-After`` header to send, in seconds.
     drop_after : int, float or None

@@ -20,7 +20,7 @@ from typing import BinaryIO
 from urllib.parse import unquote
 
 from ..faults import Fault, FaultPlan, FaultUse
-from .allen import API_PREFIXES, serve_allen_api
+from .allen import API_PREFIXES, send_api_error, serve_allen_api
 from .catalog import Catalog
 from .link import Link, Pacer
 from .s3 import S3Error, send_error, serve_s3
@@ -189,7 +189,13 @@ class _Handler(BaseHTTPRequestHandler):
                         return
                 if self.fault.status is not None:
                     self._effect("status")
-                    raise _fault_error(self.fault, self.fault.status, self.name)
+                    status = self.fault.status
+                    if (self.url_path.startswith(API_PREFIXES) and 400 <= status < 500
+                            and status not in (408, 429)):  # the API refuses in its own words
+                        _code, message = FAULT_ERRORS.get(status, ("", "Injected fault."))
+                        send_api_error(self, status, f"{message} (injected fault: HTTP {status})")
+                        return
+                    raise _fault_error(self.fault, status, self.name)
             if self.url_path.startswith(API_PREFIXES):
                 serve_allen_api(self, app._catalog.api_root)
             else:
