@@ -84,7 +84,7 @@ def section_datasets_url(
 
 
 def api_error_message(body: bytes) -> str | None:
-    """The ``msg`` of an Allen API error envelope (JSON, or the one-row CSV of a ``.csv`` query),
+    r"""The ``msg`` of an Allen API error envelope (JSON, or the one-row CSV of a ``.csv`` query),
     or None if *body* is not one (e.g. a proxy's or S3's error page).
 
     Examples

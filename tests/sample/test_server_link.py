@@ -102,6 +102,7 @@ def test_link_and_faults_together(srv):
             got += chunk
     assert time.monotonic() - t0 >= 0.2 - 0.001  # the last whole 1000-byte chunk
     assert bytes(got) == BIG[:200_000]
+    assert [n for _, n in srv.faults.effective()] == [1]
 
 
 def test_set_link_none_restores_loopback(srv):
