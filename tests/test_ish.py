@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import zipfile
 
 import h5py
@@ -11,8 +12,8 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from abc_helpers import ish
-from abc_helpers.sample import allen_api, amba
+from abc_helpers import DownloadError, ish
+from abc_helpers.sample import SampleServer, allen_api, amba
 from abc_helpers.sources import Source
 
 RNG = np.random.default_rng(7)
@@ -91,6 +92,79 @@ def test_query_error_quotes_the_api(source):
         ish.query_section_datasets("horizontal", source=source)
     with pytest.raises(ValueError, match=r"rejected the SectionDataSet query \(HTTP 500\)"):
         ish.query_section_datasets("coronal", ["Pcp2'"], source=source)
+
+
+# -- the query under faults: one retry policy (abc_helpers.transfer.get_bytes) ----------------------
+QUERY_PATH = "api/v2/data/SectionDataSet/query.csv"
+
+
+@pytest.fixture
+def api_server(amba_world, monkeypatch):
+    """A server of its own (its fault plan is this test's only), short client time-outs, no waits
+    between attempts (only the client's: transfer.pause, not the server's sleep)."""
+    monkeypatch.setenv("ABC_HELPERS_TIMEOUT", "1.0")
+    monkeypatch.setattr("abc_helpers.transfer.pause", lambda seconds: None)
+    with SampleServer(root=amba_world) as srv:
+        yield srv
+
+
+def _effective_equals_hits(srv) -> list[int]:
+    hits = [n for _, n in srv.faults.hits()]
+    effective = [n for _, n in srv.faults.effective()]
+    assert effective == hits, f"the faults matched {hits} requests but changed {effective}"
+    return effective
+
+
+@pytest.mark.parametrize("rule", [
+    "drop-after=40%,count=2",  # a cut answer (the IncompleteRead the issue found)
+    "short-by=1%,count=1",
+    "status=503,retry-after=0.1,count=2",
+    "status=500,count=2",  # a 500 that is not the API's envelope: a failing server
+    "stall=5,count=1",
+    "stall-after=50%,stall=5,count=1",
+])
+def test_query_survives_transient_faults(api_server, coronal, rule):
+    """Cut answers, 5xx and stalls of the API are retried: the same table as without faults"""
+    api_server.set_faults([f"{rule},key={QUERY_PATH}"])
+    got = ish.query_section_datasets("coronal", source=Source("sample", api_server.url))
+    pd.testing.assert_frame_equal(got, coronal)
+    assert _effective_equals_hits(api_server) == [api_server.faults.faults[0].count]
+
+
+@pytest.mark.parametrize(("rule", "cause"), [
+    ("status=503", r"HTTP 503 \(SlowDown: Please reduce your request rate.\)"),
+    ("status=500", r"HTTP 500 \(InternalError: "),
+    ("drop-after=40%", r"connection broken after \d+ bytes of the body"),
+    ("stall=5", r"ReadTimeout"),
+])
+def test_persistent_query_faults_are_a_clear_error(api_server, rule, cause):
+    """A fault that never stops: after 6 attempts, a DownloadError naming the URL and the cause"""
+    api_server.set_faults([f"{rule},key={QUERY_PATH}"])
+    with pytest.raises(DownloadError) as info:
+        ish.query_section_datasets("coronal", ["Pcp2"], source=Source("sample", api_server.url))
+    message = str(info.value)
+    assert message.startswith("Could not query the Allen API for SectionDataSets: gave up after 6 attempts")
+    assert f"{api_server.url}/{QUERY_PATH}?criteria=" in message
+    assert re.search(cause, message), message
+    assert _effective_equals_hits(api_server) == [6]
+
+
+def test_a_4xx_with_the_apis_message_is_an_error_at_once(api_server):
+    """HTTP 400 with the API's error envelope: a ValueError quoting its msg, after one request"""
+    api_server.set_faults([f"status=400,key={QUERY_PATH}"])
+    with pytest.raises(ValueError, match=r"rejected the SectionDataSet query \(HTTP 400\): An error "
+                                         r"occurred when parsing the HTTP request. \(injected fault: "
+                                         r"HTTP 400\) URL: http://"):
+        ish.query_section_datasets("coronal", source=Source("sample", api_server.url))
+    assert _effective_equals_hits(api_server) == [1]
+    assert api_server.stats()["requests"][QUERY_PATH] == 1
+
+
+def test_the_apis_own_refusal_is_not_retried(api_server):
+    """A query the API cannot run (its envelope, with HTTP 500): rejected at once, quoting it"""
+    with pytest.raises(ValueError, match=r"rejected the SectionDataSet query \(HTTP 500\): .*Pcp2'"):
+        ish.query_section_datasets("coronal", ["Pcp2'"], source=Source("sample", api_server.url))
+    assert api_server.stats()["requests"][QUERY_PATH] == 1
 
 
 # -- download -------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ requests only, and check that it fired.
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -275,63 +276,103 @@ def test_executor_spreads_remote_reads(server, streamed, tmp_path):
 
 # -- faults on the index requests ------------------------------------------------------------------
 TH = "WMB-10Xv2-TH"
+#: Offsets are fractions of each body, so a cut or a stall lands inside a 28-byte range as inside a
+#: whole sidecar; the server counts a rule only when it changed a response (FaultPlan.effective).
 FAULTS = {
-    "cut": "drop-after=100,count=2",
-    "503": "status=503,retry-after=0.1,count=2",
-    "500": "status=500,count=1",
-    "stall-mid-body": "stall-after=50,stall=5,count=1",
-    "stall-first-byte": "stall=5,count=1",
-    "wrong-byte": "corrupt-at=3,count=2",
-    "short-body": "short-by=7,count=1",
-    "range-ignored": "ignore-range,count=2",
+    "cut": ["drop-after=50%,count=2"],
+    "503": ["status=503,retry-after=0.1,count=2"],
+    "500": ["status=500,count=1"],
+    "stall-mid-body": ["stall-after=50%,stall=5,count=1"],
+    "stall-first-byte": ["stall=5,count=1"],
+    "wrong-byte": ["corrupt-at=50%,count=2"],
+    "short-body": ["short-by=1%,count=1"],
+    "range-ignored": ["ignore-range,count=2"],
 }
-TARGETS = {"index": "*WMB-10Xv2-TH-log2.gene_index.h5ad", "gene-table": "*WMB-10Xv2-TH-log2.gene_index.genes.bin",
-           "labels": "*WMB-10Xv2-TH-log2.gene_index.labels.txt"}
+#: Whole downloads (the sidecars, the catalog) send Range only when they resume a cut: there an
+#: ignored Range follows a cut.
+RESUMED_RANGE_IGNORED = ["drop-after=50%,count=1", "ignore-range,count=1"]
+TARGETS = {
+    "index": "*WMB-10Xv2-TH-log2.gene_index.h5ad",
+    "gene-table": "*WMB-10Xv2-TH-log2.gene_index.genes.bin",
+    "labels": "*WMB-10Xv2-TH-log2.gene_index.labels.txt",
+    "var": "*WMB-10Xv2-TH-log2.gene_index.var.tsv",
+    "catalog": "*gene-index/releases/20231215/catalog.json",
+}
+CASES = [(f, t) for f in FAULTS for t in TARGETS]
 
 
-#: The labels and the gene table are whole downloads (no Range asked): an ignored Range does not
-#: apply to them.
-CASES = [(f, t) for f in FAULTS for t in TARGETS if f != "range-ignored" or t == "index"]
+def _rules(fault: str, target: str) -> list[str]:
+    rules = RESUMED_RANGE_IGNORED if fault == "range-ignored" and target != "index" else FAULTS[fault]
+    return [f"{rule},key={TARGETS[target]}" for rule in rules]
+
+
+def _assert_effective(server) -> None:
+    """Every rule changed as many responses as it matched: its count if it has one, else >= 1."""
+    plan = server.faults
+    for fault, (rule, hits), (_, effective) in zip(plan.faults, plan.hits(), plan.effective(),
+                                                   strict=True):
+        if fault.count is not None:
+            assert effective == hits == fault.count, \
+                f"'{rule}' matched {hits} and changed {effective} responses, planned {fault.count}"
+        else:
+            assert effective == hits >= 1, f"'{rule}' matched {hits} and changed {effective} responses"
 
 
 @pytest.mark.parametrize(("fault", "target"), CASES)
 def test_fault_on_index_requests_gives_right_values(server, streamed, tmp_path, monkeypatch, fault, target):
-    """Each transient fault on an index request: retried and the right values, never wrong ones."""
+    """Each transient fault on each request of a query (the catalog, the sidecars, the ranges):
+    retried, the right values, never wrong ones; the fault changed a response as planned."""
     cells, genes, reference = streamed
     monkeypatch.setenv("ABC_HELPERS_TIMEOUT", "0.5")
     monkeypatch.setattr("abc_helpers.transfer.MAX_WAIT", 0.05)
     th = cells[cells["feature_matrix_label"] == TH]
     cache = _cache(tmp_path / "c", server.url)
-    served_indexes(cache)  # the catalog, before the fault
-    server.set_faults([f"{FAULTS[fault]},key={TARGETS[target]}"])
-    got = get_gene_data(cache, th, genes, GENES, gene_index="remote", progressbar=False)
+    shuffled = genes.sample(frac=1.0, random_state=1)  # another gene order: the var file is read
+    server.set_faults(_rules(fault, target))  # before anything is read, the catalog included
+    got = get_gene_data(cache, th, shuffled, GENES, gene_index="remote", progressbar=False)
     _equal(got, reference["log2"].loc[th.index])
-    (rule, hits), = server.faults.hits()
-    planned = server.faults.faults[0].count
-    assert hits == planned, f"'{rule}' fired {hits} times, planned {planned}"
+    _assert_effective(server)
 
 
-@pytest.mark.parametrize("fault", ["drop-after=10", "status=503", "corrupt-at=0", "ignore-range",
-                                   "short-by=3"])
-def test_persistent_fault_is_a_clear_error(server, streamed, tmp_path, monkeypatch, fault):
+@pytest.mark.parametrize(("fault", "cause"), [
+    ("drop-after=50%", "connection broken"),
+    ("status=503", "HTTP 503"),
+    ("corrupt-at=0", "CRC-32"),
+    ("ignore-range", "ignored the Range"),
+    ("short-by=3", "connection broken|short body"),
+    ("stall=5", "[Tt]imed? ?out"),
+])
+def test_persistent_fault_is_a_clear_error(server, streamed, tmp_path, monkeypatch, fault, cause):
     """A fault that never stops: a DownloadError naming the URL and the cause, no values."""
     cells, genes, _ = streamed
-    monkeypatch.setattr("abc_helpers.transfer.MAX_WAIT", 0.01)
-    monkeypatch.setattr("abc_helpers.transfer.time.sleep", lambda s: None)
+    monkeypatch.setenv("ABC_HELPERS_TIMEOUT", "0.3")
+    monkeypatch.setattr("abc_helpers.transfer.pause", lambda seconds: None)  # the client's waits only
     th = cells[cells["feature_matrix_label"] == TH]
     cache = _cache(tmp_path / "c", server.url)
-    served_indexes(cache)
     server.set_faults([f"{fault},key={TARGETS['index']}"])
     with pytest.raises(DownloadError) as info:
         get_gene_data(cache, th, genes, GENES, gene_index="remote", progressbar=False)
     message = str(info.value)
     assert "WMB-10Xv2-TH-log2.gene_index.h5ad" in message
-    cause = {"drop-after=10": "connection broken", "status=503": "HTTP 503",
-             "corrupt-at=0": "CRC-32", "ignore-range": "ignored the Range",
-             "short-by=3": "connection broken|short body"}[fault]
-    import re
-
     assert re.search(cause, message), message
+    _assert_effective(server)
+
+
+def test_a_corrupted_catalog_is_refused(server, streamed, tmp_path, monkeypatch):
+    """A catalog whose bytes do not match the md5 the listing gives: fetched again, then an error
+    naming the catalog, its URL and the hash mismatch; no values."""
+    cells, genes, _ = streamed
+    monkeypatch.setattr("abc_helpers.transfer.pause", lambda seconds: None)
+    th = cells[cells["feature_matrix_label"] == TH]
+    cache = _cache(tmp_path / "c", server.url)
+    server.set_faults([f"corrupt-at=50%,key={TARGETS['catalog']}"])
+    with pytest.raises(DownloadError) as info:
+        get_gene_data(cache, th, genes, GENES, gene_index="remote", progressbar=False)
+    message = str(info.value)
+    assert f"{server.url}/allen-brain-cell-atlas/{catalog_key('20231215')}" in message
+    assert "'catalog.json'" in message and "md5 hash mismatch" in message
+    _assert_effective(server)
+    assert server.faults.hits()[0][1] == 3  # the first try and its 2 retries
 
 
 def test_mirror_etags_come_from_the_record(mirror, tmp_path):

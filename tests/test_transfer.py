@@ -12,6 +12,7 @@ from abc_helpers import DownloadError, DownloadJob, download, download_many, fil
 from abc_helpers.sample.faults import FaultPlan
 from abc_helpers.sample.server import SampleServer
 from abc_helpers.sample.world import WorldWriter
+from abc_helpers.transfer import RequestRefused, get_bytes, list_objects
 
 BUCKET = "allen-brain-cell-atlas"
 BIG = 3_000_000
@@ -33,6 +34,11 @@ def world(tmp_path_factory) -> Path:
 def server(world):
     with SampleServer(root=world) as srv:
         yield srv
+
+
+def _effective(server) -> list[int]:
+    """How many responses each rule of the server's fault plan changed."""
+    return [n for _, n in server.faults.effective()]
 
 
 def _md5(path: Path) -> str:
@@ -68,6 +74,7 @@ def test_resume_after_a_cut_resends_little(server, tmp_path, big_hash, monkeypat
     assert _md5(out) == big_hash
     sent = server.stats()["bytes_sent"][f"{BUCKET}/data/big.bin"]
     assert sent == BIG
+    assert _effective(server) == [1]
 
 
 def test_resume_of_an_existing_part_file(server, tmp_path, big_hash, world):
@@ -87,6 +94,7 @@ def test_server_ignoring_range_restarts_cleanly(server, tmp_path, big_hash, worl
     out = download(_url(server, "data/big.bin"), tmp_path / "big.bin", known_hash=big_hash,
                    progressbar=False)
     assert _md5(out) == big_hash
+    assert _effective(server) == [1]  # the resume's Range was ignored (one request asked one)
 
 
 def test_hash_mismatch_raises_and_leaves_nothing(server, tmp_path, big_hash, monkeypatch):
@@ -100,6 +108,7 @@ def test_hash_mismatch_raises_and_leaves_nothing(server, tmp_path, big_hash, mon
     assert "'big.bin'" in message and _url(server, "data/big.bin") in message
     assert big_hash.split(":")[1] in message and "hash mismatch" in message
     assert not target.exists() and not (tmp_path / "big.bin.part").exists()
+    assert _effective(server) == [3]
 
 
 def test_a_corrupt_attempt_is_retried(server, tmp_path, big_hash):
@@ -107,6 +116,7 @@ def test_a_corrupt_attempt_is_retried(server, tmp_path, big_hash):
     server.set_faults(FaultPlan.parse(["corrupt-at=5,key=*big.bin,count=1"]))
     assert _md5(download(_url(server, "data/big.bin"), tmp_path / "b", known_hash=big_hash,
                          progressbar=False)) == big_hash
+    assert _effective(server) == [1]
 
 
 def test_server_errors_are_retried_honouring_retry_after(server, tmp_path, big_hash):
@@ -115,15 +125,99 @@ def test_server_errors_are_retried_honouring_retry_after(server, tmp_path, big_h
                                        "status=500,key=*big.bin,count=1"]))
     out = download(_url(server, "data/big.bin"), tmp_path / "c", known_hash=big_hash, progressbar=False)
     assert _md5(out) == big_hash
+    assert _effective(server) == [1, 1]
 
 
 def test_missing_object_is_not_retried(server, tmp_path):
     """A 404 raises at once with the file name, the URL and what to check."""
     server.reset_stats()
-    with pytest.raises(DownloadError, match=r"'nope.csv' from .*nope.csv: HTTP 404"):
+    with pytest.raises(DownloadError, match=r"'nope.csv' from .*nope.csv: HTTP 404 \(Not Found; "
+                                            r"the server said: NoSuchKey: The specified key does "
+                                            r"not exist.\)") as info:
         download(_url(server, "data/nope.csv"), tmp_path / "nope.csv", progressbar=False)
+    assert isinstance(info.value, RequestRefused) and info.value.status == 404
     assert sum(server.stats()["requests"].values()) == 1
     assert not (tmp_path / "nope.csv").exists()
+
+
+@pytest.mark.parametrize("status", [400, 403, 410])
+def test_a_4xx_is_final_and_quotes_the_server(server, tmp_path, status):
+    """Any 4xx but 408/429: one request, an error quoting the server's own message"""
+    server.set_faults([f"status={status},key=*big.bin"])
+    server.reset_stats()
+    with pytest.raises(RequestRefused, match=rf"HTTP {status} .*the server said: ") as info:
+        download(_url(server, "data/big.bin"), tmp_path / "big.bin", progressbar=False)
+    assert info.value.status == status and info.value.server_message
+    assert server.stats()["requests"][f"{BUCKET}/data/big.bin"] == 1
+    assert _effective(server) == [1]
+
+
+# -- get_bytes: every other request of the package, under the same policy ----------------------------
+@pytest.fixture
+def no_waits(monkeypatch):
+    """No waits between attempts (the client's own pause, not the server's sleeps); short time-outs."""
+    monkeypatch.setattr("abc_helpers.transfer.pause", lambda seconds: None)
+    monkeypatch.setenv("ABC_HELPERS_TIMEOUT", "0.5")
+
+
+SMALL_KEY = "many/file_03.csv"
+SMALL = b"id,value\n3,9\n" * 200
+
+
+@pytest.mark.parametrize("rule", ["drop-after=40%,count=2", "short-by=1,count=1", "status=503,count=2",
+                                  "status=500,count=1", "status=429,count=1", "status=408,count=1",
+                                  "stall=3,count=1", "stall-after=50%,stall=3,count=1"])
+def test_get_bytes_retries_transient_faults(server, no_waits, rule):
+    """Cut or short bodies, 408/429/5xx and stalls are retried: the exact bytes in the end"""
+    server.set_faults([f"{rule},key=*{SMALL_KEY}"])
+    assert get_bytes(_url(server, SMALL_KEY)) == SMALL
+    fault = server.faults.faults[0]
+    assert _effective(server) == [fault.count]
+
+
+@pytest.mark.parametrize(("rule", "cause"), [("status=503", r"HTTP 503 \(SlowDown"),
+                                             ("drop-after=40%", "connection broken after"),
+                                             ("stall=3", "ReadTimeout")])
+def test_get_bytes_gives_up_naming_the_url_and_the_cause(server, no_waits, rule, cause):
+    """A fault that never stops: DownloadError after retries + 1 attempts, with the URL and why"""
+    server.set_faults([f"{rule},key=*{SMALL_KEY}"])
+    with pytest.raises(DownloadError, match=cause) as info:
+        get_bytes(_url(server, SMALL_KEY), retries=2, what="Reading the test file")
+    message = str(info.value)
+    assert message.startswith("Reading the test file: gave up after 3 attempts")
+    assert _url(server, SMALL_KEY) in message
+    assert _effective(server) == [3]
+
+
+def test_get_bytes_refuses_a_4xx_at_once(server, no_waits):
+    """A 404 is final: one request, RequestRefused quoting the server's message"""
+    server.reset_stats()
+    with pytest.raises(RequestRefused, match="NoSuchKey: The specified key does not exist") as info:
+        get_bytes(_url(server, "many/absent.csv"))
+    assert info.value.status == 404 and info.value.url == _url(server, "many/absent.csv")
+    assert server.stats()["requests"][f"{BUCKET}/many/absent.csv"] == 1
+
+
+def test_get_bytes_refuses_what_the_caller_says_is_final(server, no_waits):
+    """refuses(status, body) makes a 5xx final (as the Allen API's error envelope is)"""
+    server.set_faults([f"status=500,key=*{SMALL_KEY}"])
+    with pytest.raises(RequestRefused, match="final: InternalError"):
+        get_bytes(_url(server, SMALL_KEY),
+                  refuses=lambda status, body: f"final: {body[body.find(b'<Code>') + 6:][:13].decode()}")
+    assert _effective(server) == [1]
+
+
+def test_listings_go_through_the_same_policy(server, no_waits):
+    """list_objects survives a cut listing and a 503; a 403 is refused at once"""
+    server.set_faults([f"drop-after=40%,count=1,key={BUCKET}/", f"status=503,count=1,key={BUCKET}/"])
+    keys = [o["key"] for o in list_objects(f"{server.url}/{BUCKET}/", prefix="many/")]
+    assert len(keys) == 30
+    assert _effective(server) == [1, 1]
+    server.set_faults([f"status=403,key={BUCKET}/"])
+    server.reset_stats()
+    with pytest.raises(RequestRefused, match=r"Could not list .*HTTP 403.*AccessDenied: Access Denied"):
+        list_objects(f"{server.url}/{BUCKET}/")
+    assert server.stats()["requests"][f"{BUCKET}/"] == 1
 
 
 def test_plain_http_to_a_remote_host_is_refused(tmp_path):
@@ -175,6 +269,7 @@ def test_two_processes_fetch_one_file(server, tmp_path, big_hash):
     assert [p.exitcode for p in procs] == [0, 0]
     assert _md5(target) == big_hash
     assert server.stats()["bytes_sent"][f"{BUCKET}/data/big.bin"] == BIG  # fetched once
+    assert _effective(server) == [1]
     assert sorted(p.name for p in target.parent.iterdir()) in (["big.bin"], ["big.bin", "big.bin.lock"])
 
 

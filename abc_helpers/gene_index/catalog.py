@@ -15,8 +15,9 @@ folder, or any folder laid out like the bucket)::
 * The **gene table** has one 16-byte little-endian record per gene, plus one after the last:
   ``start`` (int64, the gene's first value in ``X/indices`` and ``X/data``; the next record's
   ``start`` ends it), ``crc_indices`` and ``crc_data`` (uint32, the CRC-32 of the gene's bytes in
-  each array). A client reads the records of its genes with one range request and checks every
-  slice it receives against them, so a damaged byte anywhere (slice or record) is detected.
+  each array). A client downloads the whole table once per matrix (verified by its md5 from the
+  catalog, then kept in its cache folder) and checks every slice it receives against it, so a
+  damaged byte anywhere (slice or table) is detected.
 * The **labels** are the cell labels (the ``obs`` index), UTF-8, one per line, in row order.
 * The **var** file has ``gene_identifier<TAB>gene_symbol`` lines, in column order.
 * The **catalog** (JSON, format :data:`CATALOG_FORMAT`) lists, for each expression matrix of the
@@ -25,7 +26,9 @@ folder, or any folder laid out like the bucket)::
   the byte ``offset`` and ``dtype`` of ``X/indices`` and ``X/data`` in the index file, and the
   relative path, size and md5 of each sidecar (the var entry also has the SHA-256 of its
   identifiers joined by newlines, so a client whose gene table is in the same order need not
-  fetch it).
+  fetch it). A client checks the catalog itself against the md5 the bucket's listing gives for
+  it (its S3 ETag), so every byte it reads is checked against a hash it did not read from the
+  same body.
 
 Any static HTTPS server or S3 bucket that honours ``Range`` can serve these files: put them at the
 same keys under ``<root>/allen-brain-cell-atlas/`` and pass ``<root>`` as the data source (or as

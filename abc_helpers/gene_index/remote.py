@@ -3,7 +3,8 @@
 The server side is :mod:`abc_helpers.gene_index.catalog` (the catalog and the sidecar files). A
 query of one matrix reads, through :mod:`abc_helpers.transfer` (retries, time-outs, resume):
 
-1. the release's catalog, once per process (a few kB);
+1. the release's catalog, once per process (a few kB), checked against the md5 (S3 ETag) the
+   bucket's listing gives for it;
 2. once per matrix, the cell labels and the gene table (the index pointer with a CRC-32 per gene,
    16 bytes a gene): sidecar files downloaded into the local cache folder, verified with their md5
    from the catalog, and used again while the catalog gives the same md5s;
@@ -33,7 +34,7 @@ import pandas as pd
 
 from ..cachefolder import CacheFolder
 from ..sources import ABC_BUCKET, Source, get_source
-from ..transfer import DownloadError, download, read_range
+from ..transfer import DownloadError, RequestRefused, download, list_objects, read_range
 from .catalog import CATALOG_FORMAT, GENE_TABLE_DTYPE, catalog_key
 
 LOGGER = logging.getLogger("abc_helpers")
@@ -99,8 +100,11 @@ def _source_text(source: Source) -> str:
 def load_catalog(source: str | Source, release: str, cache_dir: str | Path) -> dict | None:
     """The gene index catalog of *release* at *source*, or None if it serves none.
 
-    Fetched once per process and source (the file is kept in the cache folder too). A catalog
-    of another format is refused (None, with a warning in the log).
+    Fetched once per process and source (the file is kept in the cache folder too), and checked
+    against the md5 the bucket's listing gives for it (its S3 ETag): a damaged catalog is fetched
+    again, and an error if it stays damaged. A server that answers no listing (a static HTTPS
+    server) gives an unchecked catalog, said so in the log. A catalog of another format is
+    refused (None, with a warning in the log).
 
     Parameters
     ----------
@@ -124,7 +128,12 @@ def load_catalog(source: str | Source, release: str, cache_dir: str | Path) -> d
     key = catalog_key(release)
     path = CacheFolder(cache_dir).path(key)
     try:
-        download(src.object_url(ABC_BUCKET, key), path, progressbar=False, force=True, retries=2)
+        known_hash = _listed_md5(src, key)
+        download(src.object_url(ABC_BUCKET, key), path, known_hash=known_hash, progressbar=False,
+                 force=True, retries=2)
+    except FileNotFoundError as error:
+        LOGGER.info("No gene index catalog at %s: %s", src.object_url(ABC_BUCKET, key), error)
+        catalog = None
     except DownloadError as error:
         if "HTTP 404" not in str(error) and "HTTP 403" not in str(error):
             raise
@@ -143,6 +152,33 @@ def load_catalog(source: str | Source, release: str, cache_dir: str | Path) -> d
     with _CATALOGS_LOCK:
         _CATALOGS[memo] = catalog
     return catalog
+
+
+def _listed_md5(src: Source, key: str) -> str | None:
+    """``"md5:<hex>"`` of *key* from the bucket's listing (its ETag), or None if the server lists
+    nothing (a static server: the catalog goes unchecked) or the ETag is not an md5 (multipart).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the listing has no such key (the source serves no catalog for the release).
+    """
+    try:
+        listed = list_objects(src.bucket_url(ABC_BUCKET), prefix=key)
+    except DownloadError as error:
+        if not isinstance(error, RequestRefused) and "not an S3 listing" not in str(error):
+            raise  # the listing kept failing: so would the catalog
+        LOGGER.warning("Could not check the gene index catalog %s against a listing (%s); reading "
+                       "it unchecked.", key, error)
+        return None
+    etag = next((o["etag"] for o in listed if o["key"] == key), None)
+    if etag is None:
+        raise FileNotFoundError(f"the listing of {src.bucket_url(ABC_BUCKET)} has no {key}")
+    if len(etag) != 32 or "-" in etag:
+        LOGGER.info("The gene index catalog %s has a multipart ETag %s: not an md5; read unchecked.",
+                    key, etag)
+        return None
+    return f"md5:{etag.lower()}"
 
 
 def served_indexes(abc_cache: Any, source: str | Source | None = None) -> dict[str, ServedIndex | str]:

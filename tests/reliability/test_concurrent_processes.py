@@ -43,13 +43,13 @@ def test_processes_fetching_one_directory(case, n_processes, tmp_path):
         files = [(cache_dir / local.relative_to(probe.cache_dir), key, known_hash, size)
                  for local, key, known_hash, size in abc_files(probe, probe.manifest.files(directory, kinds))]
         server.reset_stats()
-        server.set_faults([f"stall-after={size // 2},stall=1.0,count=1,key={key}"
-                           for _, key, _, size in files])
+        server.set_faults([f"stall-after=50%,stall=1.0,count=1,key={key}" for _, key, _, _ in files])
         procs = [subprocess.Popen([sys.executable, "-c", CODE, server.url, str(cache_dir), method,
                                    directory], stderr=subprocess.PIPE) for _ in range(n_processes)]
         errors = [p.communicate(timeout=120)[1].decode() for p in procs]
         assert [p.returncode for p in procs] == [0] * n_processes, "\n".join(errors)[-3000:]
         sent = server.stats()["bytes_sent"]
+        assert [n for _, n in server.faults.effective()] == [1] * len(files), "a stall did not happen"
     check_whole(files)
     for _, key, _, size in files:
         assert sent.get(key) == size, f"{key}: {sent.get(key)} bytes sent for {size}: fetched twice?"

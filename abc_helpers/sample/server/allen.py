@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .s3 import Exchange, S3Error, serve_file
 
-__all__ = ["API_PREFIXES", "serve_allen_api"]
+__all__ = ["API_PREFIXES", "send_api_error", "serve_allen_api"]
 
 LOGGER = logging.getLogger("abc_helpers.sample")
 
@@ -60,3 +60,13 @@ def serve_allen_api(exchange: Exchange, api_root: Path | None) -> None:
             return exchange.send_file(status, headers, fh, 0, os.fstat(fh.fileno()).st_size)
     exchange.send_bytes(status, headers, bytes(body), faulty=True)
     return None
+
+
+def send_api_error(exchange: Exchange, status: int, message: str) -> None:
+    """Answer with the Allen API's own error envelope (``{"success": false, ..., "msg": ...}``,
+    or its one-row CSV for a ``.csv`` route) and *status*, as the API rejects a request."""
+    from .. import allen_api
+
+    fmt = "csv" if exchange.url_path.endswith(".csv") else "json"
+    status, headers, body = allen_api.error_response(message, fmt, status)
+    exchange.send_bytes(status, headers, bytes(body))
