@@ -13,6 +13,11 @@ Every file this package fetches goes through :func:`download` (one file) or :fun
   (``Retry-After`` honoured); a hash mismatch deletes the partial file and retries; 403/404 are not
   retried, nor is a host name that cannot be resolved (no network): that fails at once;
 * one inter-process lock per file, so two processes fetching the same file end with one good copy.
+
+Every other HTTP request of the package (Allen API queries, S3 listings) goes through
+:func:`get_bytes`, under the same policy: one time-out pair, capped exponential backoff
+(:func:`backoff`, waited with :func:`pause`), cut bodies, stalls, 5xx/408/429 retried, a 4xx an
+error at once (:class:`RequestRefused`) quoting the server's own message.
 """
 
 from __future__ import annotations
@@ -82,6 +87,104 @@ def _count_received(kind: str, n: int) -> None:
 
 class DownloadError(RuntimeError):
     """A file could not be downloaded; the message names the file, the URL and the cause."""
+
+
+class RequestRefused(DownloadError):
+    """The server refused a request in a way retrying cannot fix (a 4xx, or what the caller
+    recognises as a final answer); raised at once, never after retries.
+
+    Attributes
+    ----------
+    url : str
+        The URL asked for.
+    status : int
+        The HTTP status.
+    server_message : str
+        What the server said (its error document's message, or the start of its body).
+    body : bytes
+        The start (up to 64 KiB) of the error body.
+    """
+
+    def __init__(self, message: str, *, url: str, status: int, server_message: str,
+                 body: bytes = b"") -> None:
+        super().__init__(message)
+        self.url = url
+        self.status = status
+        self.server_message = server_message
+        self.body = body
+
+
+#: Statuses retried with backoff: the server is busy, failing or timed out.
+RETRY_STATUSES = (408, 429, 500, 502, 503, 504)
+
+
+def pause(seconds: float) -> None:
+    """Wait *seconds* between two attempts (all retry loops of the package wait here).
+
+    Tests that want no waiting replace this function
+    (``monkeypatch.setattr("abc_helpers.transfer.pause", ...)``), never the global ``time.sleep``,
+    which the sample server's threads use too.
+    """
+    time.sleep(seconds)
+
+
+def backoff(attempt: int, wait: float | None = None) -> float:
+    """Seconds to wait after failed attempt number *attempt* (0 for the first).
+
+    Exponential (0.5 s, 1 s, 2 s, ...), capped at :data:`MAX_WAIT`; a server's ``Retry-After``
+    (*wait*) is used instead when it gave one.
+
+    Examples
+    --------
+    >>> [backoff(a) for a in range(3)]
+    [0.5, 1.0, 2.0]
+    >>> backoff(0, wait=3.0)
+    3.0
+    """
+    return wait if wait is not None else min(0.5 * 2**attempt, MAX_WAIT)
+
+
+def server_message(body: bytes) -> str:
+    """The message of a server's error document: an S3 XML ``<Code>``/``<Message>``, a JSON
+    ``msg``/``message``/``error`` (the Allen API's envelope), else the start of the text.
+
+    Examples
+    --------
+    >>> server_message(b'<Error><Code>SlowDown</Code><Message>Reduce your rate.</Message></Error>')
+    'SlowDown: Reduce your rate.'
+    >>> server_message(b'{"success": false, "msg": "Data Access error in query"}')
+    'Data Access error in query'
+    >>> server_message(b"")
+    '(no message)'
+    """
+    import json
+    import re
+
+    text = body.decode("utf-8", "replace").strip()
+    if not text:
+        return "(no message)"
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if isinstance(value, dict):
+        for key in ("msg", "message", "error", "Message"):
+            if isinstance(value.get(key), str) and value[key]:
+                return value[key]
+    if text.startswith("<"):
+        code = re.search(r"<Code>(.*?)</Code>", text, re.S)
+        message = re.search(r"<Message>(.*?)</Message>", text, re.S)
+        if code or message:
+            return ": ".join(m.group(1).strip() for m in (code, message) if m)
+    return " ".join(text.split())[:300]
+
+
+def _error_body(response: requests.Response, limit: int = 1 << 16) -> bytes:
+    """The start of an error response's body (a broken one reads as what arrived)."""
+    try:
+        return response.raw.read(limit, decode_content=True) or b""
+    except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError, ValueError):
+        return b""
 
 
 @dataclass(frozen=True)
@@ -183,9 +286,12 @@ def host_not_found(url: str, reason: str) -> str:
             "(or the mirror URL you gave); offline, use the sample world (data_source='sample').")
 
 
-def _timeout() -> tuple[float, float]:
+def _timeout(read_timeout: float | None = None) -> tuple[float, float]:
+    """(connect, read) time-outs: ``ABC_HELPERS_TIMEOUT`` wins, then *read_timeout*, then the default."""
     read = os.environ.get("ABC_HELPERS_TIMEOUT")
-    return (DEFAULT_TIMEOUT[0], float(read)) if read else DEFAULT_TIMEOUT
+    if read:
+        return (DEFAULT_TIMEOUT[0], float(read))
+    return (DEFAULT_TIMEOUT[0], read_timeout) if read_timeout else DEFAULT_TIMEOUT
 
 
 def parse_hash(known_hash: str) -> tuple[str, str]:
@@ -300,10 +406,10 @@ def _retry_after(response: requests.Response) -> float | None:
         return None
 
 
-def _get(url: str, headers: dict[str, str]) -> requests.Response:
+def _get(url: str, headers: dict[str, str], read_timeout: float | None = None) -> requests.Response:
     """GET *url* (streamed) with the shared session; connection failures become retryable."""
     try:
-        return get_session().get(url, headers=headers, stream=True, timeout=_timeout())
+        return get_session().get(url, headers=headers, stream=True, timeout=_timeout(read_timeout))
     except (requests.ConnectionError, requests.Timeout) as error:
         reason = unresolvable_host(error)
         if reason is not None:  # no network or a wrong host name: retrying cannot fix it
@@ -331,13 +437,17 @@ def _fetch_once(
             # The .part is at least as long as the object: restart from byte 0.
             part.unlink(missing_ok=True)
             raise _Retryable("the partial file was longer than the object; restarting", wait=0)
-        if status in (429, 500, 502, 503, 504):
-            raise _Retryable(f"server answered HTTP {status}", wait=_retry_after(response))
-        if status in (401, 403, 404, 410):
-            raise DownloadError(
-                f"HTTP {status} ({response.reason}): the server has no such file or refuses it. "
-                "Check the file name and the release (manifest) you loaded, and the data source."
-            )
+        if status in RETRY_STATUSES:
+            said = server_message(_error_body(response))
+            raise _Retryable(f"server answered HTTP {status} ({said})", wait=_retry_after(response))
+        if 400 <= status < 500:
+            body = _error_body(response)
+            said = server_message(body)
+            raise RequestRefused(
+                f"HTTP {status} ({response.reason}; the server said: {said}): the server has no "
+                "such file or refuses it. Check the file name and the release (manifest) you "
+                "loaded, and the data source.", url=url, status=status, server_message=said,
+                body=body)
         if status not in (200, 206):
             raise _Retryable(f"unexpected HTTP {status} ({response.reason})")
         resumed = status == 206 and offset > 0
@@ -483,11 +593,15 @@ def _download_attempts(url, path, part, algorithm, expected, size, bar, overall,
             last_error = str(error)
             if attempt == retries:
                 break
-            wait = error.wait if error.wait is not None else min(0.5 * 2**attempt, MAX_WAIT)
+            wait = backoff(attempt, error.wait)
             LOGGER.warning("Download of '%s' failed (%s). Retrying in %.1f s (%d more attempt%s).",
                            path.name, error, wait, retries - attempt, "s" if retries - attempt != 1 else "")
-            time.sleep(wait)
+            pause(wait)
             continue
+        except RequestRefused as error:
+            raise RequestRefused(f"Could not download '{path.name}' from {url}: {error}", url=url,
+                                 status=error.status, server_message=error.server_message,
+                                 body=error.body) from None
         except DownloadError as error:
             raise DownloadError(f"Could not download '{path.name}' from {url}: {error}") from None
         problem = None
@@ -602,11 +716,14 @@ def _range_once(url: str, start: int, stop: int, into: bytearray) -> None:
     response = _get(url, {"Range": f"bytes={first}-{stop - 1}"})
     with response:
         status = response.status_code
-        if status in (429, 500, 502, 503, 504):
-            raise _Retryable(f"server answered HTTP {status}", wait=_retry_after(response))
-        if status in (401, 403, 404, 410, 416):
-            raise DownloadError(f"HTTP {status} ({response.reason}): the server has no such object, "
-                                "refuses it, or it is shorter than the catalog says")
+        if status in RETRY_STATUSES:
+            said = server_message(_error_body(response))
+            raise _Retryable(f"server answered HTTP {status} ({said})", wait=_retry_after(response))
+        if 400 <= status < 500:
+            said = server_message(_error_body(response))
+            raise RequestRefused(f"HTTP {status} ({response.reason}; the server said: {said}): the "
+                                 "server has no such object, refuses it, or it is shorter than the "
+                                 "catalog says", url=url, status=status, server_message=said)
         if status == 200:  # the whole object is coming: drop the connection rather than read it
             raise _Retryable("the server ignored the Range request (HTTP 200 instead of 206)", wait=0)
         if status != 206:
@@ -667,15 +784,118 @@ def read_range(url: str, start: int, stop: int, *, retries: int = DEFAULT_RETRIE
             last_error = str(error)
             if attempt == retries:
                 break
-            wait = error.wait if error.wait is not None else min(0.5 * 2**attempt, MAX_WAIT)
+            wait = backoff(attempt, error.wait)
             LOGGER.warning("Reading bytes %d-%d of %s failed (%s). Retrying in %.1f s.",
                            start, stop - 1, url, error, wait)
-            time.sleep(wait)
+            pause(wait)
+        except RequestRefused as error:
+            raise RequestRefused(f"Could not read bytes {start}-{stop - 1} of {url}: {error}",
+                                 url=url, status=error.status,
+                                 server_message=error.server_message) from None
         except DownloadError as error:
             raise DownloadError(f"Could not read bytes {start}-{stop - 1} of {url}: {error}") from None
     raise DownloadError(f"Could not read bytes {start}-{stop - 1} of {url} after {retries + 1} "
                         f"attempts: {last_error}. Check the connection and the data source; a "
                         "server must honour HTTP Range requests to serve a gene index.")
+
+
+def _get_once(url: str, headers: dict[str, str], read_timeout: float | None,
+              refuses: Callable[[int, bytes], str | None] | None) -> bytes:
+    """One attempt of :func:`get_bytes`."""
+    response = _get(url, headers, read_timeout)
+    with response:
+        status = response.status_code
+        if status >= 300:
+            body = _error_body(response)
+            said = server_message(body)
+            final = refuses(status, body) if refuses is not None else None
+            if final is None and status in RETRY_STATUSES:
+                raise _Retryable(f"server answered HTTP {status} ({said})", wait=_retry_after(response))
+            said = final or said
+            raise RequestRefused(f"HTTP {status} ({response.reason}); the server said: {said}",
+                                 url=url, status=status, server_message=said, body=body)
+        chunks: list[bytes] = []
+        try:
+            chunks.extend(response.iter_content(CHUNK_SIZE))  # what arrived stays in chunks
+        except (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
+                OSError) as error:  # a cut body (IncompleteRead), a time-out, a reset
+            got = sum(len(c) for c in chunks)
+            raise _Retryable(f"connection broken after {got} bytes of the body "
+                             f"({type(error).__name__}: {error})") from error
+        length = response.headers.get("Content-Length")
+        wire = response.raw.tell()  # bytes off the wire (before any gzip decoding)
+        if length is not None and length.isdigit() and wire != int(length):  # urllib3 1.x
+            raise _Retryable(f"short body: got {wire} of {length} bytes")
+        return b"".join(chunks)
+
+
+def get_bytes(
+    url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    retries: int = DEFAULT_RETRIES,
+    read_timeout: float | None = None,
+    refuses: Callable[[int, bytes], str | None] | None = None,
+    what: str | None = None,
+) -> bytes:
+    """GET *url* whole into memory, under the package's one retry policy.
+
+    For requests that are not files (Allen API queries, S3 listings): connection errors,
+    time-outs (a stall), cut or short bodies and HTTP 408/429/5xx are retried with
+    :func:`backoff` (``Retry-After`` honoured); a host name that cannot be resolved fails at
+    once; any other status (a 4xx) fails at once with :class:`RequestRefused`, quoting the
+    server's own message.
+
+    Parameters
+    ----------
+    url : str
+        The URL (https, or http to loopback or a mirror you named).
+    headers : dict or None
+        Extra request headers.
+    retries : int
+        Attempts after the first one.
+    read_timeout : float or None
+        Seconds to wait for bytes (default :data:`DEFAULT_TIMEOUT`; ``ABC_HELPERS_TIMEOUT`` wins).
+    refuses : callable or None
+        ``refuses(status, body) -> message or None``, asked about every error status first: a
+        message makes the answer final (no retry), e.g. the Allen API's error envelope, which it
+        sends with HTTP 500 for a query it cannot run.
+    what : str or None
+        What the request is, for messages (default: the URL).
+
+    Returns
+    -------
+    bytes
+        The body (decoded if the server compressed it).
+
+    Raises
+    ------
+    RequestRefused
+        At once, for a 4xx or an answer *refuses* recognises (a :class:`DownloadError`).
+    DownloadError
+        After the last attempt, or at once if the host cannot be resolved; names the URL and the
+        cause.
+    """
+    check_url_allowed(url)
+    label = what or url
+    last_error = "no attempt made"
+    for attempt in range(retries + 1):
+        try:
+            return _get_once(url, dict(headers or {}), read_timeout, refuses)
+        except _Retryable as error:
+            last_error = str(error)
+            if attempt == retries:
+                break
+            wait = backoff(attempt, error.wait)
+            LOGGER.warning("%s failed (%s). Retrying in %.1f s.", label, error, wait)
+            pause(wait)
+        except RequestRefused as error:
+            raise RequestRefused(f"{label}: {error}. URL: {url}", url=url, status=error.status,
+                                 server_message=error.server_message, body=error.body) from None
+        except DownloadError as error:  # the host does not resolve, a refused redirect
+            raise DownloadError(f"{label}: {error} URL: {url}") from None
+    raise DownloadError(f"{label}: gave up after {retries + 1} attempts: {last_error}. URL: {url} "
+                        "Check the connection and the data source, and try again.")
 
 
 _S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -705,7 +925,6 @@ def list_objects(bucket_url: str, prefix: str = "", timeout: tuple[float, float]
     from urllib.parse import urlencode
 
     check_url_allowed(bucket_url)
-    session = get_session()
     out: list[dict] = []
     token = None
     for _attempt in range(1000):  # 1000 pages of 1000 keys
@@ -713,28 +932,14 @@ def list_objects(bucket_url: str, prefix: str = "", timeout: tuple[float, float]
         if token:
             params["continuation-token"] = token
         url = f"{bucket_url}?{urlencode(params)}"
-        response: requests.Response | None = None
-        for retry in range(DEFAULT_RETRIES + 1):
-            try:
-                response = session.get(url, timeout=timeout or _timeout())
-            except (requests.ConnectionError, requests.Timeout) as error:
-                reason = unresolvable_host(error)
-                if reason is not None:
-                    raise DownloadError(f"Could not list {bucket_url} (prefix '{prefix}'): "
-                                        f"{host_not_found(url, reason)}") from None
-                if retry == DEFAULT_RETRIES:
-                    raise DownloadError(f"Could not list {bucket_url} (prefix '{prefix}'): {error}. "
-                                        "Check the connection and the data source.") from None
-                time.sleep(min(0.5 * 2**retry, MAX_WAIT))
-                continue
-            if response.status_code in (500, 502, 503, 504) and retry < DEFAULT_RETRIES:
-                time.sleep(_retry_after(response) or min(0.5 * 2**retry, MAX_WAIT))
-                continue
-            break
-        if response is None or response.status_code != 200:
-            raise DownloadError(f"Could not list {bucket_url} (prefix '{prefix}'): HTTP "
-                                f"{getattr(response, 'status_code', None)}. Check the data source URL.")
-        root = ET.fromstring(response.content)
+        body = get_bytes(url, read_timeout=timeout[1] if timeout else None,
+                         what=f"Could not list {bucket_url} (prefix '{prefix}')")
+        try:
+            root = ET.fromstring(body)
+        except ET.ParseError as error:
+            msg = (f"Could not list {bucket_url} (prefix '{prefix}'): the answer is not an S3 "
+                   f"listing ({error}). Check the data source URL.")
+            raise DownloadError(msg) from None
         for item in root.iter(f"{_S3_NS}Contents"):
             out.append({
                 "key": item.findtext(f"{_S3_NS}Key"),

@@ -14,6 +14,8 @@ from ..sources import Source, check_url_allowed, get_source
 
 LOGGER = logging.getLogger("abc_helpers")
 
+#: Seconds to wait for the API's bytes (its big queries take a while before the first byte).
+API_READ_TIMEOUT = 120.0
 #: The columns of the metadata query of the Allen ISH grid download script, in order.
 SEED_COLUMNS = (
     "experiment_id", "section_thickness", "specimen_id", "plane", "gene", "gene_name",
@@ -81,20 +83,44 @@ def section_datasets_url(
     return get_source(source).api_url(path)
 
 
-def _api_error(response) -> str:
-    """Return the ``msg`` of an Allen API error envelope (JSON or CSV), or the start of the body."""
-    text = response.text
+def api_error_message(body: bytes) -> str | None:
+    """The ``msg`` of an Allen API error envelope (JSON, or the one-row CSV of a ``.csv`` query),
+    or None if *body* is not one (e.g. a proxy's or S3's error page).
+
+    Examples
+    --------
+    >>> api_error_message(b'{"success": false, "id": -1, "msg": "Data Access error"}')
+    'Data Access error'
+    >>> api_error_message(b"success,id,start_row,num_rows,total_rows,msg\nfalse,-1,0,0,0,Bad query\n")
+    'Bad query'
+    >>> api_error_message(b"<Error><Code>SlowDown</Code></Error>") is None
+    True
+    """
+    text = body.decode("utf-8", "replace")
     try:
-        return str(json.loads(text)["msg"])
-    except (ValueError, KeyError, TypeError):
-        pass
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if isinstance(value, dict):
+        return str(value["msg"]) if value.get("success") is False and "msg" in value else None
     try:
         frame = pd.read_csv(io.StringIO(text))
-        if "msg" in frame.columns and len(frame):
-            return str(frame["msg"].iloc[0])
     except (ValueError, UnicodeError):  # not a CSV table (pandas' ParserError is a ValueError)
-        pass
-    return text[:300]
+        return None
+    if {"success", "msg"} <= set(frame.columns) and len(frame):
+        return str(frame["msg"].iloc[0])
+    return None
+
+
+def _api_refuses(status: int, body: bytes) -> str | None:
+    """An answer of the API that retrying cannot change: its error envelope (which the API sends
+    with HTTP 500 for a query it cannot run), or any 4xx."""
+    message = api_error_message(body)
+    if message is None and 400 <= status < 500 and status not in (408, 429):
+        from ..transfer import server_message
+
+        message = server_message(body)
+    return message
 
 
 def query_section_datasets(
@@ -131,33 +157,28 @@ def query_section_datasets(
     Raises
     ------
     ValueError
-        If the API rejects the query; the message quotes the API's ``msg``.
+        At once if the API rejects the query (a 4xx, or its error envelope, which it sends with
+        HTTP 500); the message quotes the API's ``msg``.
     DownloadError
-        At once if the API's host name cannot be resolved (no network): retrying cannot help.
+        If the API keeps failing (cut answers, stalls, 5xx without its envelope: each retried with
+        backoff by :func:`abc_helpers.transfer.get_bytes`), or at once if its host name cannot be
+        resolved (no network); the message names the URL and the cause.
     """
-    import requests
-
-    from ..transfer import DownloadError, get_session, host_not_found, unresolvable_host
+    from ..transfer import RequestRefused, get_bytes
 
     src = get_source(source)
-    session = get_session()
     pages, start = [], 0
     while True:
         url = section_datasets_url(plane, genes, src, start_row=start, num_rows=page_size)
         check_url_allowed(url)
         try:
-            response = session.get(url, timeout=(10, 120))
-        except requests.ConnectionError as error:
-            reason = unresolvable_host(error)
-            if reason is None:
-                raise
-            msg = f"Could not query the Allen API for SectionDataSets: {host_not_found(url, reason)}"
-            raise DownloadError(msg) from None
-        if response.status_code != 200:
-            msg = (f"The Allen API rejected the SectionDataSet query (HTTP {response.status_code}): "
-                   f"{_api_error(response)} URL: {url}")
-            raise ValueError(msg)
-        page = pd.read_csv(io.BytesIO(response.content))
+            body = get_bytes(url, read_timeout=API_READ_TIMEOUT, refuses=_api_refuses,
+                             what="Could not query the Allen API for SectionDataSets")
+        except RequestRefused as error:
+            msg = (f"The Allen API rejected the SectionDataSet query (HTTP {error.status}): "
+                   f"{error.server_message} URL: {url}")
+            raise ValueError(msg) from None
+        page = pd.read_csv(io.BytesIO(body))
         missing = [c for c in SEED_COLUMNS if c not in page.columns]
         if missing:
             raise ValueError(f"The SectionDataSet query answered without the columns {missing} "

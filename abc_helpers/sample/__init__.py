@@ -14,7 +14,7 @@ from pathlib import Path
 from ..sources import ABC_BUCKET, VBN_BUCKET
 from .build import build_world, default_world_dir
 from .faults import Fault, FaultPlan
-from .server import SampleServer
+from .server import Link, SampleServer
 from .world import WorldWriter
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "VBN_BUCKET",
     "Fault",
     "FaultPlan",
+    "Link",
     "SampleServer",
     "WorldWriter",
     "build_world",
@@ -36,6 +37,7 @@ def start(
     port: int = 0,
     faults=None,
     mirror: Path | str | None = None,
+    link: Link | None = None,
 ):
     """Build (if needed) and serve the sample world on loopback, in a background thread.
 
@@ -52,6 +54,9 @@ def start(
         Faults to inject (see :mod:`abc_helpers.sample.faults`); none by default.
     mirror : Path, str or None
         Serve this cache directory (filled from the real buckets) instead of the sample world.
+    link : Link or None
+        Latency and bandwidth to model a real network link, e.g. ``Link(latency_s=0.02,
+        bandwidth=50e6)``; None (default) for loopback speed.
 
     Returns
     -------
@@ -64,6 +69,6 @@ def start(
         elif not (Path(root) / "s3-index").is_dir():
             raise FileNotFoundError(f"'{root}' is not a built sample world (it has no s3-index/): "
                                     "build one with abc_helpers.sample.build_world(root).")
-    server = SampleServer(root=root, host=host, port=port, faults=faults, mirror=mirror)
+    server = SampleServer(root=root, host=host, port=port, faults=faults, mirror=mirror, link=link)
     server.start()
     return server

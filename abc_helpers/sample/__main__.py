@@ -1,4 +1,4 @@
-"""Command line: ``python -m abc_helpers.sample serve [--port N]``, ``... build`` and ``... fill-mirror DIR``."""
+"""Command line: ``python -m abc_helpers.sample serve [--port N] [--latency-ms 20 --bandwidth-mbs 50]``, ``... build`` and ``... fill-mirror DIR``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from . import build_world, start
+from . import Link, build_world, start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--root", default=None, help="serve this built world folder (default: the sample world)")
     s.add_argument("--fault", action="append", default=[],
                    help="inject a fault, e.g. 'drop-after=1000000,key=*units.csv,count=2'")
+    s.add_argument("--latency-ms", type=float, default=0.0,
+                   help="model a real link: milliseconds to the first byte of each response, e.g. 20")
+    s.add_argument("--bandwidth-mbs", type=float, default=0.0,
+                   help="model a real link: megabytes (10**6 bytes) per second of each response "
+                        "body, e.g. 50 (0: no limit)")
     from ..mirror import add_arguments as add_mirror_arguments
 
     m = sub.add_parser("fill-mirror", help="download real data (or any source) into a mirror folder "
@@ -50,7 +55,13 @@ def main(argv: list[str] | None = None) -> int:
 
         faults = FaultPlan.parse(args.fault)
     try:
-        server = start(root=args.root, host=args.host, port=args.port, faults=faults, mirror=args.mirror)
+        link = Link.from_units(latency_ms=args.latency_ms, bandwidth_mb_s=args.bandwidth_mbs)
+    except ValueError as error:
+        print(f"serve: {error}", file=sys.stderr)
+        return 2
+    try:
+        server = start(root=args.root, host=args.host, port=args.port, faults=faults,
+                       mirror=args.mirror, link=None if link.is_ideal else link)
     except OSError as error:
         print(f"serve: cannot listen on {args.host}:{args.port} ({error.strerror or error}). Pick "
               "another --port, or --port 0 for a free one.", file=sys.stderr)

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote
 
-from ..faults import Fault, FaultPlan
+from ..faults import Fault, FaultPlan, FaultUse
 from .allen import API_PREFIXES, serve_allen_api
 from .catalog import Catalog
+from .link import Link, Pacer
 from .s3 import S3Error, send_error, serve_s3
 
 __all__ = ["FAULT_ERRORS", "SMALL_BODY", "SampleServer"]
@@ -160,20 +161,34 @@ class _Handler(BaseHTTPRequestHandler):
         self.method = method
         self.request_id = secrets.token_hex(8).upper()
         self.sent = 0
+        self.pacer: Pacer | None = None
         app._record(self.name, requests=1)
         self.status = 0
+        link = app._link
+        if link is not None and link.latency_s > 0:
+            time.sleep(link.latency_s)  # the link's time to the first byte
         plan = app._faults
-        self.fault = plan.take(self.name, method) if plan is not None and len(plan) else None
+        self.use: FaultUse | None = (plan.claim(self.name, method)
+                                     if plan is not None and len(plan) else None)
+        self.fault = self.use.fault if self.use is not None else None
+        self.range_ignored = False
         if method not in ("GET", "HEAD"):
             self.close_connection = True  # we do not read request bodies
+        app._begin()
         try:
             if self.fault is not None:
                 LOGGER.debug("fault %s on %s %s", self.fault, method, self.url_path)
-                if self.fault.ignore_range:
+                if self.fault.ignore_range and "Range" in self.headers:
                     del self.headers["Range"]  # answer 200 with everything
+                    self.range_ignored = True
                 if self.fault.stall is not None and self.fault.stall_after is None:
+                    self._effect("stall")  # it withholds the whole response
                     time.sleep(self.fault.stall)
+                    if self._peer_gone():  # the client gave up during the stall: answer no one
+                        self._hang_up()
+                        return
                 if self.fault.status is not None:
+                    self._effect("status")
                     raise _fault_error(self.fault, self.fault.status, self.name)
             if self.url_path.startswith(API_PREFIXES):
                 serve_allen_api(self, app._catalog.api_root)
@@ -191,8 +206,14 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 send_error(self, S3Error(500, "InternalError", f"{type(err).__name__}: {err}"))
         finally:
+            app._end()
             LOGGER.debug("%s %s -> %s, %d body bytes in %.1f ms", method, self.path, self.status,
                          self.sent, 1000 * (time.perf_counter() - started))
+
+    def _effect(self, kind: str) -> None:
+        """Report to the fault plan that this request's rule changed its response (*kind*)."""
+        if self.use is not None:
+            self.use.took_effect(kind)
 
     # -- responses (the Exchange interface) -----------------------------------------------
     def send_bytes(self, status: int, headers: dict[str, str], body: bytes,
@@ -231,6 +252,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _head_block(self, status: int, headers: dict[str, str], length: int) -> bytes:
         self.status = status
+        if self.range_ignored and status == 200:
+            self._effect("ignore-range")  # the whole object instead of the range asked for
+        link = self.server.app._link
+        self.pacer = link.pacer() if link is not None else None  # the body's clock starts here
         try:
             reason = HTTPStatus(status).phrase
         except ValueError:
@@ -250,7 +275,23 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.app._record(self.name, bytes_sent=n)
 
     def _send_counted(self, prefix: bytes, body: bytes | memoryview) -> None:
-        """Send *prefix* (headers or nothing) and *body* in one write, counting the body."""
+        """Send *prefix* (headers or nothing) and *body* in one write, counting the body (paced
+        in chunks when the link has a bandwidth)."""
+        pacer = self.pacer
+        if pacer is not None and body:
+            if prefix:
+                self.connection.sendall(prefix)
+            view = memoryview(body)
+            for at in range(0, len(view), pacer.chunk):
+                chunk = view[at:at + pacer.chunk]
+                pacer.wait(len(chunk))
+                self._send_counted_now(chunk)
+                pacer.sent(len(chunk))
+            return
+        self._send_counted_now(body, prefix)
+
+    def _send_counted_now(self, body: bytes | memoryview, prefix: bytes = b"") -> None:
+        """Send *prefix* and *body* in one write now, counting the body."""
         self._count(len(body))
         done = False
         try:
@@ -281,11 +322,16 @@ class _Handler(BaseHTTPRequestHandler):
         total = 0
         selector = None
         timeout = sock.gettimeout()
+        pacer = self.pacer
+        step = pacer.chunk if pacer is not None else 1 << 30
         self._count(count)
         try:
             while total < count:
+                size = min(count - total, step)
+                if pacer is not None:
+                    pacer.wait(size)
                 try:
-                    n = os.sendfile(out_fd, in_fd, start + total, min(count - total, 1 << 30))
+                    n = os.sendfile(out_fd, in_fd, start + total, size)
                 except BlockingIOError:  # the socket has a timeout, hence is non-blocking
                     if selector is None:
                         selector = selectors.DefaultSelector()
@@ -296,6 +342,8 @@ class _Handler(BaseHTTPRequestHandler):
                 if n == 0:
                     break
                 total += n
+                if pacer is not None:
+                    pacer.sent(n)
         finally:
             if total < count:
                 self._count(total - count)
@@ -306,20 +354,25 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_faulty(self, body: bytes | BinaryIO, offset: int, length: int, fault: Fault) -> None:
         """Send a body of *length* bytes the way *fault* says (drop, stall, corrupt, short)."""
         end, hang_up = length, False
-        if fault.drop_after is not None:
-            end, hang_up = min(end, fault.drop_after), True
-        if fault.short_by is not None:
-            end, hang_up = min(end, max(0, length - fault.short_by)), True
+        drop_after = fault.offset("drop_after", length)
+        short_by = fault.offset("short_by", length)
+        stall_after = fault.offset("stall_after", length)
+        corrupt_at = fault.offset("corrupt_at", length)
+        if drop_after is not None:
+            end, hang_up = min(end, drop_after), True
+        if short_by is not None:
+            end, hang_up = min(end, max(0, length - short_by)), True
         events = []
-        if fault.stall_after is not None and fault.stall_after < end:
-            events.append((fault.stall_after, 0, "stall"))
-        if fault.corrupt_at is not None and fault.corrupt_at < end:
-            events.append((fault.corrupt_at, 1, "corrupt"))
+        if stall_after is not None and stall_after < end:
+            events.append((stall_after, 0, "stall"))
+        if corrupt_at is not None and corrupt_at < end:
+            events.append((corrupt_at, 1, "corrupt"))
         pos = 0
         for at, _, kind in sorted(events):
             if at > pos:
                 pos += self._send_span(body, offset + pos, at - pos)
             if kind == "stall":
+                self._effect("stall-after")  # bytes from here on are withheld
                 time.sleep(fault.stall or 0.0)
                 if self._peer_gone():  # the client gave up during the stall: nothing more reaches it
                     self._hang_up()
@@ -327,9 +380,12 @@ class _Handler(BaseHTTPRequestHandler):
             elif pos == at:
                 byte = body[at] if isinstance(body, bytes) else _pread(body, 1, offset + at)[0]
                 self._send_counted(b"", bytes([byte ^ 0xFF]))
+                self._effect("corrupt-at")
                 pos += 1
         if end > pos:
             self._send_span(body, offset + pos, end - pos)
+        if end < length:  # bytes withheld: the cut or the short body changed the response
+            self._effect("drop-after" if drop_after is not None and drop_after == end else "short-by")
         if hang_up:
             self._hang_up()
 
@@ -358,8 +414,10 @@ class SampleServer:
     ``api.brain-map.org`` (see :mod:`abc_helpers.sample.allen_api`). The world is read-only:
     other methods get ``405 MethodNotAllowed``. Bodies are streamed with ``os.sendfile``; a
     :class:`~abc_helpers.sample.faults.FaultPlan` makes chosen requests fail in controlled ways,
-    and :meth:`stats` counts requests and body bytes per path. Requests are logged at DEBUG
-    level on the ``abc_helpers.sample`` logger.
+    and :meth:`stats` counts requests and body bytes per path. A :class:`~.link.Link` models a
+    real network link: a first-byte latency on every request and a bandwidth each response body
+    is paced at (:meth:`set_link` changes it while serving). Requests are logged at DEBUG level
+    on the ``abc_helpers.sample`` logger.
 
     Parameters
     ----------
@@ -375,6 +433,10 @@ class SampleServer:
         Serve this folder instead: each subfolder named like a bucket is a bucket, its files
         the objects (cache bookkeeping such as ``*.part`` or ``_*.json`` is skipped), and
         ``allen-api/`` the Allen API files.
+    link : Link or None
+        Latency and bandwidth to add to every response, e.g. ``Link(latency_s=0.02,
+        bandwidth=50e6)`` for 20 ms to the first byte and 50 MB/s; None (default) for loopback
+        speed.
 
     Raises
     ------
@@ -403,6 +465,7 @@ class SampleServer:
         port: int = 0,
         faults: FaultPlan | list | str | None = None,
         mirror: Path | str | None = None,
+        link: Link | None = None,
     ) -> None:
         if root is None and mirror is None:
             raise ValueError("SampleServer needs a world folder (root=...) or a mirror folder "
@@ -414,10 +477,14 @@ class SampleServer:
         self.host = host
         self._port = port
         self._faults = FaultPlan.coerce(faults)
+        self._link: Link | None = None
+        self.set_link(link)
         self._catalog = Catalog(self.root, self.mirror)
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._stats_lock = threading.Lock()
+        self._idle = threading.Condition(self._stats_lock)
+        self._active = 0
         self._requests: dict[str, int] = {}
         self._bytes: dict[str, int] = {}
 
@@ -501,10 +568,85 @@ class SampleServer:
         self._faults = FaultPlan.coerce(faults)
         return self._faults
 
+    @property
+    def link(self) -> Link | None:
+        """The link model in force (None: loopback speed)."""
+        return self._link
+
+    def set_link(self, link: Link | None = None, *, latency_s: float | None = None,
+                 bandwidth: float | None = None) -> Link | None:
+        """Set the link model: first-byte latency and bandwidth of every later response.
+
+        Parameters
+        ----------
+        link : Link or None
+            The new link; None (with no keywords) removes the model (loopback speed).
+        latency_s : float or None
+            Instead of *link*: seconds to the first byte.
+        bandwidth : float or None
+            Instead of *link*: body bytes per second of each response (None: no limit).
+
+        Returns
+        -------
+        Link or None
+            The link now in force.
+
+        Raises
+        ------
+        ValueError
+            If both *link* and keywords are given, or a value is out of range (see :class:`Link`).
+
+        Examples
+        --------
+        >>> server = SampleServer(root=".")  # doctest: +SKIP
+        >>> server.set_link(latency_s=0.02, bandwidth=50e6)  # doctest: +SKIP
+        Link(latency_s=0.02, bandwidth=50000000.0)
+        """
+        if latency_s is not None or bandwidth is not None:
+            if link is not None:
+                raise ValueError("set_link takes a Link or latency_s=/bandwidth=, not both.")
+            link = Link(latency_s=latency_s or 0.0, bandwidth=bandwidth)
+        if link is not None and not isinstance(link, Link):
+            raise TypeError(f"link must be a Link or None, not {type(link).__name__}.")
+        self._link = None if link is None or link.is_ideal else link
+        return self._link
+
     def _record(self, path: str, requests: int = 0, bytes_sent: int = 0) -> None:
         with self._stats_lock:
             self._requests[path] = self._requests.get(path, 0) + requests
             self._bytes[path] = self._bytes.get(path, 0) + bytes_sent
+
+    def _begin(self) -> None:
+        with self._stats_lock:
+            self._active += 1
+
+    def _end(self) -> None:
+        with self._stats_lock:
+            self._active -= 1
+            self._idle.notify_all()
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Wait until no request is being answered, so :meth:`stats` and the fault plan's counts
+        are final (e.g. after a client gave up on a stalled response).
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait at most.
+
+        Returns
+        -------
+        bool
+            True if the server is idle, False after the time-out.
+        """
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._active:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+            return True
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Requests and body bytes sent per request path (decoded, without the leading slash).
