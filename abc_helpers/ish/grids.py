@@ -48,10 +48,10 @@ def grid_url(experiment_id: int, source: str | Source | None = None, include: st
 def check_grid_zip(path: str | os.PathLike, volume: str = "energy") -> str | None:
     """Check a grid zip: safe member names, a complete ``{volume}.raw``, every CRC right.
 
-    Every member is inflated and its CRC compared, as ``ZipFile.testzip`` does, but the volume is
-    inflated in one call (see :func:`read_grid_array`) and kept for a little while, keyed by the
+    Every member is inflated and its CRC compared, as ``ZipFile.testzip`` does, but each in one
+    call (see :func:`read_grid_array`), and the members are kept for a little while, keyed by the
     file's identity: converting the grid right after its download (the *process* of
-    :func:`download_grids`) then inflates nothing again.
+    :func:`download_grids`) then neither opens the zip nor inflates anything again.
 
     Returns
     -------
@@ -80,18 +80,16 @@ def check_grid_zip(path: str | os.PathLike, volume: str = "energy") -> str | Non
                                  f"expected {GRID_BYTES} bytes; members: {names}): the API has no "
                                  "3-D expression grid for this experiment. Leave it out.")
             identity = _identity(zf)
-            raw = None
+            members = {}
             for member in zf.infolist():
                 try:
-                    data = _read_member(zf, member.filename)
+                    members[member.filename] = _read_member(zf, member.filename)
                 except _DAMAGED_MEMBER:
                     return f"member '{member.filename}' fails its CRC"
-                if member.filename == raw_name:
-                    raw = data
     except (OSError, zipfile.BadZipFile) as error:
         return f"not a readable zip ({error})"
-    if raw is not None and identity is not None:
-        _keep_inflated(identity, raw_name, raw)
+    if identity is not None:
+        _keep_inflated(identity, members)
     return None
 
 
@@ -267,11 +265,15 @@ def download_grids(
 
 
 # -- volumes inflated by check_grid_zip, kept for the conversion that follows ---------------------------
-#: How many inflated volumes :func:`check_grid_zip` keeps (most recent first; about 0.6 MB each): more
-#: than the downloads that can be waiting for a converter in :func:`download_grids`.
+#: How many checked zips :func:`check_grid_zip` keeps inflated (most recent first; about 0.6 MB each):
+#: more than the downloads that can be waiting for a converter in :func:`download_grids`.
 INFLATED_KEEP = 32
-_inflated: OrderedDict[tuple, tuple[str, bytes]] = OrderedDict()
+_inflated: OrderedDict[tuple, dict[str, bytes]] = OrderedDict()
 _inflated_lock = threading.Lock()
+
+
+def _stat_identity(st: os.stat_result) -> tuple:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _identity(zf: zipfile.ZipFile) -> tuple | None:
@@ -281,28 +283,27 @@ def _identity(zf: zipfile.ZipFile) -> tuple | None:
     """
     fp = zf.fp
     try:
-        st = os.fstat(fp.fileno()) if fp is not None else None
+        return None if fp is None else _stat_identity(os.fstat(fp.fileno()))
     except (OSError, AttributeError, ValueError):  # e.g. a zip read from a BytesIO
         return None
-    return None if st is None else (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _keep_inflated(identity: tuple, name: str, data: bytes) -> None:
+def _keep_inflated(identity: tuple, members: dict[str, bytes]) -> None:
     with _inflated_lock:
-        _inflated[identity] = (name, data)
+        _inflated[identity] = members
         _inflated.move_to_end(identity)
         while len(_inflated) > INFLATED_KEEP:
             _inflated.popitem(last=False)
 
 
-def _take_inflated(identity: tuple | None, name: str) -> bytes | None:
-    """The member *name* of the zip *identity* if :func:`check_grid_zip` kept it (given out once)."""
-    if identity is None:
+def _take_inflated(path: Path) -> dict[str, bytes] | None:
+    """The members of the zip at *path* if :func:`check_grid_zip` kept them (given out once)."""
+    try:
+        identity = _stat_identity(path.stat())
+    except OSError:
         return None
     with _inflated_lock:
-        kept = _inflated.pop(identity, None)
-    return kept[1] if kept is not None and kept[0] == name else None
-
+        return _inflated.pop(identity, None)
 
 # -- reading --------------------------------------------------------------------------------------
 _MET_TYPES = {"MET_FLOAT": "f4", "MET_DOUBLE": "f8", "MET_UCHAR": "u1", "MET_CHAR": "i1",
@@ -371,17 +372,18 @@ def read_grid_array(path: str | os.PathLike, volume: str = "energy") -> tuple[np
         If the zip has no ``{volume}.mhd``/``{volume}.raw``.
     """
     path = Path(path)
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-        if f"{volume}.raw" not in names or f"{volume}.mhd" not in names:
-            msg = (f"'{volume}.raw' is not in '{path}' (it holds {names}): download the grid with "
-                   f"include={volume}, or read one of the volumes it has.")
-            raise KeyError(msg)
-        header = _parse_mhd(zf.read(f"{volume}.mhd").decode())
-        raw_name = header.get("ElementDataFile", f"{volume}.raw")
-        raw = _take_inflated(_identity(zf), raw_name)  # just checked by check_grid_zip
-        if raw is None:
-            raw = _read_member(zf, raw_name)
+    kept = _take_inflated(path) or {}  # just checked (and inflated) by check_grid_zip
+    header = _parse_mhd(kept[f"{volume}.mhd"].decode()) if f"{volume}.mhd" in kept else {}
+    raw = kept.get(header.get("ElementDataFile", f"{volume}.raw")) if header else None
+    if raw is None:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            if f"{volume}.raw" not in names or f"{volume}.mhd" not in names:
+                msg = (f"'{volume}.raw' is not in '{path}' (it holds {names}): download the grid with "
+                       f"include={volume}, or read one of the volumes it has.")
+                raise KeyError(msg)
+            header = _parse_mhd(zf.read(f"{volume}.mhd").decode())
+            raw = _read_member(zf, header.get("ElementDataFile", f"{volume}.raw"))
     size = tuple(int(v) for v in header["DimSize"].split())
     order = ">" if header.get("BinaryDataByteOrderMSB", "False").lower() == "true" else "<"
     dtype = np.dtype(order + _MET_TYPES[header.get("ElementType", "MET_FLOAT")])
