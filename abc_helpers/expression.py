@@ -112,7 +112,7 @@ def _stream_csr(x, layout, cols, rows_out, out, block_nnz, progress) -> None:
     bounds = [(a, b) for a, b in bounds if wanted[b] > wanted[a]]
     if progress:
         progress(sum(b - a for a, b in skipped))
-    with BlockReader(x, indptr, bounds, _sortedness_check(indptr)) as reader:
+    with BlockReader(x, indptr, bounds) as reader:
         _process_blocks(reader, indptr, layout.shape[1], cols, rows_out, out, progress)
 
 
@@ -133,7 +133,7 @@ def _stream_whole(h5file, layout, genes, tables, block_nnz, progress):
     n_obs, n_vars = layout.shape
     indptr = x["indptr"][()].astype(np.int64, copy=False)
     bounds = block_bounds(indptr, block_nnz)
-    with BlockReader(x, indptr, bounds, _sortedness_check(indptr)) as reader:
+    with BlockReader(x, indptr, bounds) as reader:
         cols = _gene_columns(h5file, genes, tables)
         out = np.zeros((n_obs, len(cols)), dtype=np.float32)
         _process_blocks(reader, indptr, n_vars, _first_columns(cols), None, out, progress)
@@ -148,21 +148,12 @@ def _first_columns(cols: np.ndarray) -> np.ndarray:
     return read
 
 
-def _sortedness_check(indptr: np.ndarray):
-    """An ``inspect`` for :class:`BlockReader`: is each row of the block sorted? (reader thread)"""
-    scratch = [np.empty(0, dtype=bool)]
-
-    def inspect(r0: int, r1: int, ix: np.ndarray) -> bool:
-        if scratch[0].size < len(ix):
-            scratch[0] = np.empty(len(ix), dtype=bool)
-        return _rows_sorted(ix, indptr[r0:r1 + 1] - indptr[r0], scratch[0])
-    return inspect
-
-
 def _process_blocks(blocks, indptr, n_vars, cols, rows_out, out, progress) -> None:
-    """Keep the values of *cols* from each ``(r0, r1, indices, data, rows sorted)`` block.
+    """Keep the values of *cols* from each ``(r0, r1, indices, data, _)`` block of a :class:`BlockReader`.
 
-    *blocks* is a :class:`BlockReader` (with :func:`_sortedness_check` as its inspect, or None).
+    Whether the rows of a block are sorted (needed by the binary search) is checked here, while
+    the reader thread fetches the next block: reading is the bottleneck, so the reader does nothing
+    else (checking in the reader thread, as before, added about 20% to the stream, measured).
     """
     present = np.flatnonzero(cols >= 0)
     selected = np.zeros(n_vars, dtype=bool)  # a bool table indexed by int64 is numpy's fastest
@@ -172,11 +163,14 @@ def _process_blocks(blocks, indptr, n_vars, cols, rows_out, out, progress) -> No
     targets = cols[present]
     order = np.argsort(targets)
     targets, target_column = targets[order], present[order]
-    for r0, r1, ix, d, rows_sorted in blocks:
+    scratch = np.empty(0, dtype=bool)
+    for r0, r1, ix, d, _ in blocks:
         starts = indptr[r0:r1 + 1] - indptr[r0]
         found = None
         if len(targets) and (r1 - r0) * len(targets) * SEARCH_COST < len(ix):
-            found = _search_sorted_rows(ix, starts, targets, rows_sorted=rows_sorted)
+            if scratch.size < len(ix):
+                scratch = np.empty(len(ix), dtype=bool)
+            found = _search_sorted_rows(ix, starts, targets, scratch)
         if found is not None:
             pos, local_rows, t = found
             rows, j = local_rows + r0, target_column[t]
@@ -468,20 +462,15 @@ def extract_genes_from_h5ad(
         If the file's cell labels are not unique or ``X`` is not a matrix anndata writes.
     """
     genes = [genes] if isinstance(genes, str) else list(genes)
-    total = None
     if progressbar:
         import h5py
 
         with h5py.File(path, "r") as f:
             total = matrix_layout(f).shape[0]
-    with ProgressBar(total=total, unit="row", unit_scale=True, desc=Path(path).name,
-                     disable=not progressbar) as bar:
-
-        def advance(rows: int) -> None:
-            bar.update(rows)
-
-        result = extract_task(str(path), cell_labels, genes, block_nnz,
-                              advance if progressbar else None)
+        with ProgressBar(total=total, unit="row", unit_scale=True, desc=Path(path).name) as bar:
+            result = extract_task(str(path), cell_labels, genes, block_nnz, bar.update)
+    else:  # no bar at all: even disabled, tqdm costs a lock and a monitor thread (~3 ms, measured)
+        result = extract_task(str(path), cell_labels, genes, block_nnz, None)
     if result["missing_genes"]:
         msg = (f"Genes {result['missing_genes']} are not in '{path}': give var index values "
                "(e.g. Ensembl ids) or values of its var 'gene_symbol' column.")

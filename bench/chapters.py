@@ -7,13 +7,15 @@ Prerequisites), so they come from here rather than from a guess:
 * ``world``: ``python -m abc_helpers.sample build`` into a fresh, empty folder, in its own process:
   the seconds it takes (Python start included) and the size of the world on disk;
 * each chapter (``book/*.ipynb``), executed with papermill and its default parameters
-  (``data_source = "sample"``), ``--repeat`` times in turn (3; 1 with ``--quick``), each in a fresh
+  (``data_source = "sample"``), ``--rounds`` times in turn (3 at least; the chapters in the
+  opposite order every other round), each in a fresh
   kernel with a ``TMPDIR`` of its own, where the chapter's temporary cache folders go: the median,
   lowest and highest seconds (the kernel's start and the sample server's included, as for a reader
   running the whole notebook once the world is built), and the bytes left under that ``TMPDIR``
   (downloads, caches and the files the chapter writes).
 
-There is no baseline to beat: these are the times a reader should expect. Prints one JSON line last;
+There is no baseline to beat: these are the times a reader should expect. The load average is
+sampled before the world's build and after the last chapter. Prints one JSON line last;
 ``--save`` writes ``bench/results/chapters[-quick].json`` with the machine and the date.
 """
 
@@ -30,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _measure import add_save_arguments, save_result
+from _measure import add_save_arguments, load_average, rounds_of, save_result
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
@@ -73,17 +75,20 @@ def run_chapter(notebook: Path, work: Path) -> tuple[float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="each chapter once")
-    parser.add_argument("--repeat", type=int, default=None, help="runs per chapter (default 3, --quick 1)")
+    parser.add_argument("--quick", action="store_true",
+                        help="the two shortest chapters only (getting_started, neuropixels_metadata)")
     parser.add_argument("--only", nargs="*", default=None, help="these chapters only (by name)")
     add_save_arguments(parser)
     args = parser.parse_args()
-    repeat = args.repeat or (1 if args.quick else 3)
+    repeat = rounds_of(args)
     chapters = sorted(BOOK.glob("*.ipynb"))
+    if args.quick and args.only is None:
+        args.only = ["getting_started", "neuropixels_metadata"]
     if args.only is not None:
         chapters = [c for c in chapters if c.stem in args.only]
 
     work = Path(tempfile.mkdtemp(prefix="bench-chapters-"))
+    load_before = load_average()
     old_world = os.environ.get("ABC_HELPERS_SAMPLE_DIR")
     try:
         world_seconds, world_bytes = build_world(work / "world")
@@ -91,7 +96,7 @@ def main() -> None:
         os.environ["ABC_HELPERS_SAMPLE_DIR"] = str(work / "world")  # the kernels use this world
         runs: dict[str, list[tuple[float, int]]] = {c.stem: [] for c in chapters}
         for i in range(repeat):  # in turn, so that a busy minute on a shared machine hits them all
-            for notebook in chapters:
+            for notebook in (chapters if i % 2 == 0 else chapters[::-1]):
                 seconds, size = run_chapter(notebook, work / f"{notebook.stem}-{i}")
                 runs[notebook.stem].append((seconds, size))
                 print(f"  {notebook.stem:24s} {seconds:6.1f} s  {size / 1e6:6.1f} MB", file=sys.stderr)
@@ -103,7 +108,10 @@ def main() -> None:
             os.environ["ABC_HELPERS_SAMPLE_DIR"] = old_world
         shutil.rmtree(work, ignore_errors=True)
 
+    load_after = load_average()
     summary = {
+        "load_before": load_before,
+        "load_after": load_after,
         "world_seconds": round(world_seconds, 1),
         "world_mb": round(world_bytes / 1e6, 1),
         "repeat": repeat,
@@ -116,7 +124,8 @@ def main() -> None:
         },
     }
     if args.save:
-        print(f"saved to {save_result('chapters', summary, args.quick, args.note)}", file=sys.stderr)
+        out = save_result("chapters", summary, args.quick, args.note, load_before, load_after)
+        print(f"saved to {out}", file=sys.stderr)
     print(json.dumps(summary))
 
 

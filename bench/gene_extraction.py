@@ -16,6 +16,12 @@ Methods (each runs in a fresh subprocess, so its peak RSS is its own; page cache
                       the median of 5 repeated queries (labels and gene names cached), reported
                       separately; in file order and with the cells shuffled
 
+The index is built once (timed: ``seconds_gene_index_build``); then every method runs once per
+round, ``--rounds`` rounds (3 at least), the order reversed every other round, each run from a
+warm page cache. Each figure is the median over the rounds; each ratio is taken within a round
+(the two methods ran a minute apart at most), then its median; ``spread`` holds the median,
+lowest, highest and every round of each. The machine's load average is sampled before and after.
+
 The matrix (>= 200,000 cells x 32,285 genes, ~2,000 values per cell; 50,000 cells with
 ``--quick``) is generated once, in blocks with h5py, under the user cache folder
 (``platformdirs.user_cache_dir("abc_helpers")/bench``). Every method's answer is checked against
@@ -24,7 +30,7 @@ ours (exact equality). The last line printed is one JSON object with the figures
 Usage::
 
     python bench/gene_extraction.py            # 200,000 cells (about 3.3 GB, generated once)
-    python bench/gene_extraction.py --quick    # 50,000 cells, under a minute once generated
+    python bench/gene_extraction.py --quick    # 50,000 cells, a few minutes once generated
 """
 
 from __future__ import annotations
@@ -40,7 +46,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _measure import add_save_arguments, bytes_read, peak_rss_mb, save_result
+from _measure import (
+    add_save_arguments,
+    alternating,
+    bytes_read,
+    load_average,
+    peak_rss_mb,
+    ratios,
+    rounds_of,
+    save_result,
+    spread,
+)
 
 N_GENES = 32_285
 NNZ_PER_CELL = 2_000
@@ -305,12 +321,15 @@ def run(method: str, path: Path, index: Path, tmp: Path) -> dict:
     return result
 
 
+#: The methods timed in every round (the index build is timed once, before the rounds).
+ROUND_METHODS = ["io_floor", "io_floor_h5py", "ours_streaming", "anndata_backed", "chunked_dense",
+                 "gene_index", "gene_index_shuffled"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="50,000 cells instead of 200,000")
     parser.add_argument("--cells", type=int, help="number of cells (overrides --quick)")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="runs of the fast methods (median reported)")
     add_save_arguments(parser)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
@@ -322,85 +341,103 @@ def main() -> None:
         return
 
     n_cells = args.cells or (50_000 if args.quick else 200_000)
+    rounds = rounds_of(args)
     folder = data_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"bench-{n_cells}x{N_GENES}-{NNZ_PER_CELL}.h5ad"
     if not path.exists():
         generate(path, n_cells)
     index = folder / f"{path.stem}.gene_index.h5ad"
-    print(f"{path} ({path.stat().st_size / 1e9:.2f} GB); {os.cpu_count()} CPUs", file=sys.stderr)
-    warm(path)
+    print(f"{path} ({path.stat().st_size / 1e9:.2f} GB); {os.cpu_count()} CPUs; {rounds} rounds",
+          file=sys.stderr)
+    load_before = load_average()
 
-    results: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        plan = ["io_floor", "io_floor_h5py", "ours_streaming"] * args.repeat
-        plan += ["anndata_backed", "chunked_dense", "gene_index_build", "warm_index"]
-        plan += ["gene_index", "gene_index_shuffled"] * args.repeat
-        for method in plan:
-            if method == "warm_index":  # the queries start from a warm page cache too
-                warm(index)
-                continue
-            results.setdefault(method, []).append(run(method, path, index, tmp))
+        warm(path)
+        build = run("gene_index_build", path, index, tmp)  # measured in this run, once
+
+        def method(name: str):
+            def go() -> dict:
+                warm(index if name.startswith("gene_index") else path)  # each starts warm
+                return run(name, path, index, tmp)
+            return go
+
+        results = alternating({name: method(name) for name in ROUND_METHODS}, rounds)
         reference = np.load(results["ours_streaming"][0]["answer"])
-        for method, runs in results.items():
-            if runs[-1]["answer"] is not None:
-                np.testing.assert_array_equal(np.load(runs[-1]["answer"]), reference,
-                                              err_msg=f"{method} disagrees with ours")
+        for name, runs in results.items():
+            for done in runs:
+                if done["answer"] is not None:
+                    np.testing.assert_array_equal(np.load(done["answer"]), reference,
+                                                  err_msg=f"{name} disagrees with ours")
         print(f"  all answers identical: {reference.shape}, {np.count_nonzero(reference)} "
               "non-zero values", file=sys.stderr)
+    load_after = load_average()
 
-    def seconds(method: str) -> float:
-        return statistics.median(r["seconds"] for r in results[method])
+    def times(method: str, key: str = "seconds") -> list[float]:
+        return [r[key] for r in results[method]]
+
+    def med(method: str, key: str = "seconds") -> float:
+        return statistics.median(times(method, key))
 
     def peak(method: str) -> float:
         return max(r["peak_rss_mb"] for r in results[method])
 
-    def repeated(method: str) -> float:
-        return statistics.median(r["seconds_repeated"] for r in results[method])
-
-    ours = seconds("ours_streaming")
-    floor = min(seconds("io_floor"), seconds("io_floor_h5py"))
+    ours = times("ours_streaming")
+    floor = [min(a, b) for a, b in zip(times("io_floor"), times("io_floor_h5py"), strict=True)]
+    per_round = {  # each ratio taken within a round, then the median over the rounds
+        "ratio_vs_io_floor": ratios(ours, floor),
+        "ratio_vs_io_floor_h5py": ratios(ours, times("io_floor_h5py")),
+        "speedup_vs_anndata_backed": ratios(times("anndata_backed"), ours),
+        "speedup_vs_chunked_dense": ratios(times("chunked_dense"), ours),
+        "speedup_gene_index_vs_streaming": ratios(ours, times("gene_index")),
+        "speedup_gene_index_repeated_vs_streaming": ratios(ours, times("gene_index", "seconds_repeated")),
+        "speedup_gene_index_shuffled_vs_streaming": ratios(ours, times("gene_index_shuffled")),
+        "speedup_gene_index_shuffled_repeated_vs_streaming": ratios(
+            ours, times("gene_index_shuffled", "seconds_repeated")),
+    }
+    timed = {
+        "seconds_io_floor": times("io_floor"),
+        "seconds_io_floor_h5py": times("io_floor_h5py"),
+        "seconds_ours": ours,
+        "seconds_anndata_backed": times("anndata_backed"),
+        "seconds_chunked_dense": times("chunked_dense"),
+        "seconds_gene_index_query": times("gene_index"),
+        "seconds_gene_index_query_repeated": times("gene_index", "seconds_repeated"),
+        "seconds_gene_index_query_shuffled_cells": times("gene_index_shuffled"),
+        "seconds_gene_index_query_shuffled_cells_repeated": times("gene_index_shuffled",
+                                                                  "seconds_repeated"),
+    }
     summary = {
         "cells": n_cells,
         "genes": N_GENES,
         "nnz": results["io_floor"][0]["nnz"],
         "file_gb": round(path.stat().st_size / 1e9, 2),
         "cpus": os.cpu_count(),
-        "seconds_io_floor": round(seconds("io_floor"), 3),
-        "seconds_io_floor_h5py": round(seconds("io_floor_h5py"), 3),
-        "seconds_ours": round(ours, 3),
-        "seconds_anndata_backed": round(seconds("anndata_backed"), 3),
-        "seconds_chunked_dense": round(seconds("chunked_dense"), 3),
-        "ratio_vs_io_floor": round(ours / floor, 2),
-        "ratio_vs_io_floor_h5py": round(ours / seconds("io_floor_h5py"), 2),
-        "speedup_vs_anndata_backed": round(seconds("anndata_backed") / ours, 2),
-        "speedup_vs_chunked_dense": round(seconds("chunked_dense") / ours, 2),
+        "rounds": rounds,
+        "load_before": load_before,
+        "load_after": load_after,
+        **{k: round(statistics.median(v), 4 if "gene_index_query" in k else 3) for k, v in timed.items()},
+        **{k: round(statistics.median(v), 1 if "gene_index" in k else 2) for k, v in per_round.items()},
         "peak_rss_mb_io_floor": round(peak("io_floor")),
         "peak_rss_mb_ours": round(peak("ours_streaming")),
         "peak_rss_mb_anndata_backed": round(peak("anndata_backed")),
         "peak_rss_mb_chunked_dense": round(peak("chunked_dense")),
-        "seconds_gene_index_build": round(seconds("gene_index_build"), 2),
-        "peak_rss_mb_gene_index_build": round(peak("gene_index_build")),
-        "seconds_gene_index_query": round(seconds("gene_index"), 4),
-        "seconds_gene_index_query_repeated": round(repeated("gene_index"), 4),
-        "seconds_gene_index_query_shuffled_cells": round(seconds("gene_index_shuffled"), 4),
-        "seconds_gene_index_query_shuffled_cells_repeated": round(
-            repeated("gene_index_shuffled"), 4),
-        "speedup_gene_index_vs_streaming": round(ours / seconds("gene_index"), 1),
-        "speedup_gene_index_repeated_vs_streaming": round(ours / repeated("gene_index"), 1),
-        "speedup_gene_index_shuffled_vs_streaming": round(ours / seconds("gene_index_shuffled"), 1),
-        "speedup_gene_index_shuffled_repeated_vs_streaming": round(
-            ours / repeated("gene_index_shuffled"), 1),
+        "seconds_gene_index_build": round(build["seconds"], 2),
+        "peak_rss_mb_gene_index_build": round(build["peak_rss_mb"]),
         "peak_rss_mb_gene_index_query": round(peak("gene_index")),
         "index_gb": round(index.stat().st_size / 1e9, 2),
-        # read/pread bytes of one run (the first): the whole matrix, against the genes' slices
+        # read/pread bytes of the first round: the whole matrix, against the genes' slices
         "bytes_read_ours": results["ours_streaming"][0]["bytes_read"],
         "bytes_read_gene_index_query": results["gene_index"][0]["bytes_read"],
         "result_mb": round(n_cells * len(GENES) * 4 / 1e6, 1),
+        # median, lowest, highest and every round of each timed figure and ratio
+        "spread": {k: spread(v, 4) for k, v in {**timed, **per_round}.items()},
+        "runs_gene_index_build": 1,
     }
     if args.save:
-        print(f"saved to {save_result('gene_extraction', summary, args.quick, args.note)}", file=sys.stderr)
+        out = save_result("gene_extraction", summary, args.quick, args.note, load_before)
+        print(f"saved to {out}", file=sys.stderr)
     print(json.dumps(summary))
 
 

@@ -11,14 +11,18 @@
     * download only: ``download_many`` of the same zips with the same number of workers.
 
     ``speedup_vs_seed_method`` = seed / ours (goal >= 2.5), ``ratio_vs_download_only`` =
-    ours / download only (goal <= 1.3). Each run is its own process (imports are not timed), the
-    methods take turns ``--rounds`` times and medians are reported, with 20 ms of first-byte
-    latency per grid (closer to the real API) and on bare loopback. Outputs go under the cache
+    ours / download only (goal <= 1.3). Each run is its own process (imports are not timed); the
+    methods take turns ``--rounds`` times (3 at least, the order reversed every other round), each
+    ratio is taken within a round and its median reported with the lowest and highest
+    (``spread``). Measured on the modelled link (the sample server's ``--latency-ms 20
+    --bandwidth-mbs 50``: 20 ms to the first byte of every response, 50 MB/s per response) and on
+    bare loopback. The machine's load average is sampled before and after. Outputs go under the cache
     folder, not /tmp, and are deleted only at the end (see ``compare_methods``).
 
 (b) On a full-size synthetic stack (4,345 x 58 x 41 x 67, float16, cached on disk), the median time
     of ``correlated_genes`` over 5 queries after a warm-up (goal < 1 s), in a fresh process; and,
-    for reference, one query done the plain way (float16 -> float32 chunks, masked correlation).
+    for reference, one query done the plain way (float16 -> float32 chunks, masked correlation);
+    both once per round, in alternating order.
 
 The worlds and the stack are cached under the user cache folder. Prints one JSON line last.
 """
@@ -38,7 +42,18 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
-from _measure import add_save_arguments, save_result
+from _measure import (
+    LINK_BANDWIDTH_MBS,
+    LINK_LATENCY_MS,
+    add_save_arguments,
+    alternating,
+    load_average,
+    ratios,
+    rounds_of,
+    save_result,
+    serve_args,
+    spread,
+)
 from platformdirs import user_cache_dir
 
 CACHE = Path(os.environ.get("ABC_HELPERS_BENCH_DIR") or Path(user_cache_dir("abc_helpers")) / "bench-ish")
@@ -102,10 +117,9 @@ def build_stack(n: int) -> Path:
     return out
 
 
-def start_server(root: Path, fault: str | None = None) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "abc_helpers.sample", "serve", "--root", str(root)]
-    if fault:
-        cmd += ["--fault", fault]
+def start_server(root: Path, link: list[str] | None = None) -> tuple[subprocess.Popen, str]:
+    """The sample server in its own process, with the link options *link* (:func:`serve_args`)."""
+    cmd = [sys.executable, "-m", "abc_helpers.sample", "serve", "--root", str(root), *(link or [])]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     return proc, proc.stdout.readline().strip()
 
@@ -223,7 +237,7 @@ def _child(argv: list[str]) -> int:
     import abc_helpers.ish
     import abc_helpers.transfer  # noqa: F401
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if kind == "seed":
         seed_method(args["url"], Path(args["out"]), args["ids"], args["genes"])
     elif kind == "ours":
@@ -237,7 +251,7 @@ def _child(argv: list[str]) -> int:
     elif kind == "naive":
         print(json.dumps(naive_query(Path(args["stack"]), args["gene"])))
         return 0
-    print(json.dumps({"seconds": time.perf_counter() - t0}))
+    print(json.dumps({"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}))
     return 0
 
 
@@ -262,20 +276,20 @@ def same_outputs(a: Path, b: Path, names: list[str]) -> bool:
 
 
 def compare_methods(world: Path, ids: list[int], genes: list[str], workers: int, converters: int,
-                    processes: int, fault: str | None, rounds: int, workdir: Path) -> dict:
-    """Time the seed's method, ours and download-only against one server (with *fault*, if any).
+                    processes: int, link: list[str], rounds: int, workdir: Path) -> dict:
+    """Time the seed's method, ours and download-only against one server (over *link*).
 
-    The methods run in turns (download only, ours, the seed's), *rounds* times, each run in a fresh
-    process and a fresh folder under *workdir*, and each method's median is kept: the 2 cores are
-    shared, so single runs vary. Nothing is deleted until the whole benchmark is over: on this
-    machine's journal-less ext4, creating a file costs ~1 ms for ~30 s after many deletions
-    (``recently_deleted`` scans), which would penalise whichever method runs next.
+    Each method runs once per round, *rounds* times, the order reversed every other round, each
+    run in a fresh process and a fresh folder under *workdir*; the medians are kept, and each
+    ratio is taken within a round, then its median. Nothing is deleted until the whole benchmark
+    is over: on this machine's journal-less ext4, creating a file costs ~1 ms (up to ~4 ms
+    measured) for ~30 s after many deletions (``recently_deleted`` scans), which would penalise
+    whichever method runs next.
     """
     from abc_helpers import ish
     from abc_helpers.sources import Source
 
-    proc, url = start_server(world, fault)
-    times: dict[str, list[float]] = {"seed": [], "ours": [], "download": []}
+    proc, url = start_server(world, link)
     identical = True
     try:
         meta = ish.query_section_datasets("coronal", source=Source("mirror", url))
@@ -283,24 +297,52 @@ def compare_methods(world: Path, ids: list[int], genes: list[str], workers: int,
         common = {"url": url, "ids": ids}
         base = Path(tempfile.mkdtemp(prefix="setting-", dir=workdir))
         run_child("download", out=str(base / "warm"), workers=workers, **common)  # warm caches
-        for i in range(rounds):
-            tmp = base / f"round-{i}"
-            times["download"].append(run_child("download", out=str(tmp / "dl"), workers=workers,
-                                               **common)["seconds"])
-            times["ours"].append(run_child("ours", out=str(tmp / "ours"), genes=genes, workers=workers,
-                                           converters=converters, processes=processes, **common)["seconds"])
-            times["seed"].append(run_child("seed", out=str(tmp / "seed"), genes=genes, **common)["seconds"])
-            names = sorted(p.name for p in (tmp / "seed").glob("*.mnc"))
+        count = iter(range(10**6))
+        cpu: dict[str, list[float]] = {"download": [], "ours": [], "seed": []}
+
+        def timed(kind: str, done: dict) -> float:
+            cpu[kind].append(done["cpu_seconds"])  # all the child's threads: immune to waiting
+            return done["seconds"]
+
+        def download() -> float:
+            return timed("download", run_child("download", out=str(base / f"dl-{next(count)}"),
+                                               workers=workers, **common))
+
+        def ours() -> float:
+            return timed("ours", run_child("ours", out=str(base / f"ours-{next(count)}"), genes=genes,
+                                           workers=workers, converters=converters,
+                                           processes=processes, **common))
+
+        def seed() -> float:
+            out = base / f"seed-{next(count)}"
+            seconds = timed("seed", run_child("seed", out=str(out), genes=genes, **common))
+            seed_runs.append(out)
+            return seconds
+
+        seed_runs: list[Path] = []
+        times = alternating({"download": download, "ours": ours, "seed": seed}, rounds)
+        ours_runs = sorted(base.glob("ours-*"), key=lambda p: int(p.name.split("-")[1]))
+        for i, (seed_out, ours_out) in enumerate(zip(seed_runs, ours_runs, strict=True)):
+            names = sorted(p.name for p in seed_out.glob("*.mnc"))
             identical &= len(names) == len(ids) and same_outputs(
-                tmp / "seed", tmp / "ours", names[i:: max(1, len(names) // 25)])
+                seed_out, ours_out, names[i:: max(1, len(names) // 25)])
     finally:
         proc.terminate()
         proc.wait()
-    seed, ours, dl = (float(np.median(times[k])) for k in ("seed", "ours", "download"))
+    seed, ours_s, dl = (float(np.median(times[k])) for k in ("seed", "ours", "download"))
+    speedup, ratio = ratios(times["seed"], times["ours"]), ratios(times["ours"], times["download"])
     return {"outputs_identical": bool(identical), "seconds_seed_method": round(seed, 3),
-            "seconds_ours": round(ours, 3), "seconds_download_only": round(dl, 3),
-            "speedup_vs_seed_method": round(seed / ours, 2), "ratio_vs_download_only": round(ours / dl, 2),
-            "runs_seconds": {k: [round(t, 3) for t in v] for k, v in times.items()}}
+            "seconds_ours": round(ours_s, 3), "seconds_download_only": round(dl, 3),
+            "speedup_vs_seed_method": round(float(np.median(speedup)), 2),
+            "ratio_vs_download_only": round(float(np.median(ratio)), 2),
+            "runs_seconds": {k: [round(t, 3) for t in v] for k, v in times.items()},
+            # CPU seconds of each run's process (converting in a process pool is not counted)
+            "runs_cpu_seconds": {k: [round(t, 3) for t in v] for k, v in cpu.items()},
+            "cpu_ratio_vs_download_only": round(float(np.median(ratios(cpu["ours"], cpu["download"]))), 2),
+            "spread": {"seconds_seed_method": spread(times["seed"]), "seconds_ours": spread(times["ours"]),
+                       "seconds_download_only": spread(times["download"]),
+                       "speedup_vs_seed_method": spread(speedup, 2),
+                       "ratio_vs_download_only": spread(ratio, 2)}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -316,16 +358,16 @@ def main(argv: list[str] | None = None) -> int:
                              "convert in the download threads)")
     parser.add_argument("--processes", type=int, default=0,
                         help="conversion processes for ours instead of threads (default 0)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="runs of each method per setting; medians are reported (default 3, --quick 1)")
     parser.add_argument("--stack", type=int, default=STACK_N, help="volumes in the stack (default 4345)")
-    parser.add_argument("--latency-ms", type=float, default=20.0,
-                        help="first-byte latency per grid request for the headline figures (default 20 ms, "
-                             "closer to the real API than bare loopback; loopback figures are reported too)")
+    parser.add_argument("--latency-ms", type=float, default=LINK_LATENCY_MS,
+                        help="the modelled link's first-byte latency per request, for the headline figures "
+                             f"(default {LINK_LATENCY_MS:g} ms; bare loopback figures are reported too)")
+    parser.add_argument("--bandwidth-mbs", type=float, default=LINK_BANDWIDTH_MBS,
+                        help=f"the modelled link's bandwidth per response (default {LINK_BANDWIDTH_MBS:g} MB/s)")
     add_save_arguments(parser)
     args = parser.parse_args(argv)
     n_exp, n_stack = (120, 600) if args.quick else (args.experiments, args.stack)
-    rounds = 1 if args.quick else max(1, args.rounds)
+    rounds = rounds_of(args)
 
     from abc_helpers import ish
     from abc_helpers.sample import allen_api
@@ -337,14 +379,14 @@ def main(argv: list[str] | None = None) -> int:
     genes = [r["genes"][0]["acronym"] for r in records]
     result: dict = {"quick": args.quick, "n_experiments": len(ids), "workers": args.workers,
                     "converters": args.converters, "processes": args.processes, "rounds": rounds,
-                    "latency_ms": args.latency_ms}
+                    "latency_ms": args.latency_ms, "bandwidth_mbs": args.bandwidth_mbs}
+    load_before = load_average()
     CACHE.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-ish-", dir=CACHE))  # not /tmp: see compare_methods
     try:
-        for label, fault in (("", f"stall={args.latency_ms / 1000},key=grid_data/download/*"),
-                             ("_loopback", None)):
+        for label, link in (("", serve_args(args.latency_ms, args.bandwidth_mbs)), ("_loopback", [])):
             result.update({k + label: v for k, v in compare_methods(
-                world, ids, genes, args.workers, args.converters, args.processes, fault, rounds,
+                world, ids, genes, args.workers, args.converters, args.processes, link, rounds,
                 workdir).items()})
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -352,17 +394,24 @@ def main(argv: list[str] | None = None) -> int:
     stack_dir = build_stack(n_stack)
     result["seconds_stack_build_or_cache"] = round(time.perf_counter() - t0, 1)
     queries = ["Pcp2", "Ppp1r1b", "Prox1", "Rorb", "Slc17a7"]
-    corr = run_child("corr", stack=str(stack_dir), queries=queries)
-    naive = run_child("naive", stack=str(stack_dir), gene="Pcp2")
+    corr_naive = alternating({"corr": lambda: run_child("corr", stack=str(stack_dir), queries=queries),
+                              "naive": lambda: run_child("naive", stack=str(stack_dir), gene="Pcp2")},
+                             rounds)
+    query = [float(np.median(c["times"])) for c in corr_naive["corr"]]  # each round's median of 5
+    naive = [n["seconds"] for n in corr_naive["naive"]]
     result.update({
         "stack_shape": [n_stack, *ish.GRID_SHAPE],
-        "seconds_correlation_query": round(float(np.median(corr["times"])), 4),
-        "seconds_correlation_queries": [round(t, 4) for t in corr["times"]],
-        "seconds_correlation_warm_up": round(corr["warm_up"], 3),
-        "seconds_correlation_naive_loop": round(naive["seconds"], 3),
+        "seconds_correlation_query": round(float(np.median(query)), 4),
+        "seconds_correlation_queries": [round(t, 4) for c in corr_naive["corr"] for t in c["times"]],
+        "seconds_correlation_warm_up": round(float(np.median([c["warm_up"] for c in corr_naive["corr"]])), 3),
+        "seconds_correlation_naive_loop": round(float(np.median(naive)), 3),
+        "spread_correlation": {"seconds_correlation_query": spread(query, 4),
+                               "seconds_correlation_naive_loop": spread(naive)},
     })
+    result["load_before"], result["load_after"] = load_before, load_average()
     if args.save:
-        print(f"saved to {save_result('ish_grids', result, args.quick, args.note)}", file=sys.stderr)
+        print(f"saved to {save_result('ish_grids', result, args.quick, args.note, load_before)}",
+              file=sys.stderr)
     print(json.dumps(result))
     return 0
 

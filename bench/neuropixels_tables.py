@@ -14,7 +14,10 @@ Each measurement runs in its own Python process (fresh memory, no warm pandas ca
   the same transfer engine, so only the eager habit differs);
 * ``lazy_startup``: ours: ``from_s3_cache`` then ``get_ecephys_session_table()`` only.
 
-Prints one JSON line last. ``--quick`` uses a tenth of the data.
+Every method runs once per round, ``--rounds`` times (3 at least), the order reversed every other
+round; each figure is the median over the rounds, each ratio is taken within a round, and
+``spread`` holds the median, lowest, highest and every round. The load average is sampled before
+and after. Prints one JSON line last. ``--quick`` uses a tenth of the data.
 """
 
 from __future__ import annotations
@@ -31,7 +34,16 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from _measure import peak_rss_mb
+from _measure import (
+    add_save_arguments,
+    alternating,
+    load_average,
+    peak_rss_mb,
+    ratios,
+    rounds_of,
+    save_result,
+    spread,
+)
 
 QUICK_SCALE = {"n_sessions": 16, "n_abnormal": 5, "n_probes": 92, "n_units": 31_901, "n_behavior_only": 330, "n_nwb": 16}
 
@@ -121,8 +133,8 @@ def _run(method: str, source: str, cache_dir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a tenth of the data, one repeat less")
-    parser.add_argument("--repeat", type=int, default=None, help="runs per method (median reported)")
+    parser.add_argument("--quick", action="store_true", help="a tenth of the data")
+    add_save_arguments(parser)
     parser.add_argument("--data-dir", default=None, help="where the benchmark bucket is generated (cached)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--source", default=None, help=argparse.SUPPRESS)
@@ -138,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     from abc_helpers.sample import start
 
     data_dir = Path(args.data_dir or Path(user_cache_dir("abc_helpers")) / "bench" / "neuropixels_tables")
-    repeat = args.repeat or (2 if args.quick else 3)
+    repeat = rounds_of(args)
     world, scale = build_bench_world(data_dir, args.quick)
     server = start(root=world)
     work = data_dir / f"caches-{os.getpid()}"
@@ -147,42 +159,61 @@ def main(argv: list[str] | None = None) -> int:
         prepared = work / "prepared"
         cache = VbnProjectCache.from_s3_cache(prepared, source=source, progressbar=False)
         units_csv = cache.get_metadata_path("units")
-        times: dict[str, list[float]] = {m: [] for m in
-                                         ("read_csv", "first_load", "second_load", "eager_startup", "lazy_startup")}
         rss: dict[str, float] = {}
-        for i in range(repeat):
-            for method in times:
-                if method in ("eager_startup", "lazy_startup"):
-                    cache_dir = work / f"{method}-{i}"
+        count = iter(range(10**6))
+
+        def method(name: str):
+            def go() -> float:
+                if name in ("eager_startup", "lazy_startup"):
+                    cache_dir = work / f"{name}-{next(count)}"
                     shutil.rmtree(cache_dir, ignore_errors=True)
                 else:
                     cache_dir = prepared
-                    if method == "first_load":
+                    if name == "first_load":
                         for parsed in units_csv.parent.glob("units.*.parquet"):
                             parsed.unlink()
-                result = _run(method, source, cache_dir)
-                times[method].append(result["seconds"])
-                rss[method] = max(rss.get(method, 0.0), result["max_rss_mb"])
-                print(f"{method:14s} run {i + 1}: {result['seconds']:.3f} s, {result['rows']} rows, "
+                result = _run(name, source, cache_dir)
+                rss[name] = max(rss.get(name, 0.0), result["max_rss_mb"])
+                print(f"{name:14s} {result['seconds']:.3f} s, {result['rows']} rows, "
                       f"peak RSS {result['max_rss_mb']:.0f} MB", file=sys.stderr, flush=True)
+                return result["seconds"]
+            return go
+
+        load_before = load_average()
+        # second_load reads the parquet cache first_load writes: first_load comes first in round 0
+        times = alternating({m: method(m) for m in ("read_csv", "first_load", "second_load",
+                                                    "eager_startup", "lazy_startup")}, repeat)
+        load_after = load_average()
         med = {m: statistics.median(v) for m, v in times.items()}
+        per_round = {  # within a round, then the median
+            "ratio_first_load_vs_read_csv": ratios(times["first_load"], times["read_csv"]),
+            "speedup_second_load_vs_read_csv": ratios(times["read_csv"], times["second_load"]),
+            "speedup_startup_vs_eager": ratios(times["eager_startup"], times["lazy_startup"])}
         report = {
             "bench": "neuropixels_tables",
             "quick": args.quick,
-            "repeat": repeat,
+            "rounds": repeat,
             "units_rows": scale["n_units"],
             "units_csv_mb": round(units_csv.stat().st_size / 1e6, 1),
             "seconds": {m: round(v, 3) for m, v in med.items()},
             "peak_rss_mb": {m: round(v) for m, v in rss.items()},
-            "ratio_first_load_vs_read_csv": round(med["first_load"] / med["read_csv"], 3),
-            "speedup_second_load_vs_read_csv": round(med["read_csv"] / med["second_load"], 2),
-            "speedup_startup_vs_eager": round(med["eager_startup"] / med["lazy_startup"], 2),
+            "ratio_first_load_vs_read_csv": round(statistics.median(per_round["ratio_first_load_vs_read_csv"]), 3),
+            "speedup_second_load_vs_read_csv": round(
+                statistics.median(per_round["speedup_second_load_vs_read_csv"]), 2),
+            "speedup_startup_vs_eager": round(statistics.median(per_round["speedup_startup_vs_eager"]), 2),
+            "spread": {**{f"seconds_{m}": spread(v) for m, v in times.items()},
+                       **{k: spread(v) for k, v in per_round.items()}},
+            "load_before": load_before,
+            "load_after": load_after,
             "goals": {"ratio_first_load_vs_read_csv": "<= 1.2", "speedup_second_load_vs_read_csv": ">= 5",
                       "speedup_startup_vs_eager": ">= 10"},
         }
         report["goals_met"] = (report["ratio_first_load_vs_read_csv"] <= 1.2
                                and report["speedup_second_load_vs_read_csv"] >= 5
                                and report["speedup_startup_vs_eager"] >= 10)
+        if args.save:
+            out = save_result("neuropixels_tables", report, args.quick, args.note, load_before, load_after)
+            print(f"saved to {out}", file=sys.stderr)
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)

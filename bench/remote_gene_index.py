@@ -12,15 +12,19 @@ cells (the metadata tables are loaded before the clock starts):
   streamed;
 * ``served``: ``gene_index="remote"``: the catalog, the cell labels (once), then byte ranges;
   then, in the same process, the median of 5 repeated queries (labels cached);
-* both again with a 20 ms first-byte latency on every request (the server's ``stall`` fault);
+* both on bare loopback and on the modelled link (``Link``: 20 ms to the first byte of every
+  response, 50 MB/s per response; the ``_20ms`` figures), each ``--rounds`` times (3 at least)
+  in alternating order; each figure is the median over the rounds, each speedup is taken within
+  a round, and ``spread`` holds the median, lowest, highest and every round; the load average
+  is sampled before the first and after the last timed run (not after the room);
 * a room: 30 clients at once, each asking 10 other genes; each result is checked for exact
   equality with the values read from the local gene index.
 
 Bytes are counted by the server. ``bytes_ratio_vs_needed`` is what the first served query received
 (the catalog, the gene table, the value ranges), cell labels excluded, over the bytes of the 10
 genes' values and row indices; ``bytes_ratio_repeat_vs_needed`` is the same for a repeated query
-(the value ranges only). ``seconds_index_build`` is the time the gene index and its sidecars took
-to build, measured when the benchmark made its mirror (kept beside it for later runs). The mirror server computes each file's md5 (its ETag) at the first
+(the value ranges only). ``seconds_index_build`` is the time the gene index and its sidecars take
+to build, measured in every run (a scratch copy, deleted after). The mirror server computes each file's md5 (its ETag) at the first
 request: the benchmark asks for every file once (HEAD) before timing, as a teacher running the
 chapters once before a workshop does. The last line printed is one JSON object.
 
@@ -45,14 +49,23 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _measure import add_save_arguments, save_result
+from _measure import (
+    LINK_BANDWIDTH_MBS,
+    LINK_LATENCY_MS,
+    add_save_arguments,
+    alternating,
+    load_average,
+    ratios,
+    rounds_of,
+    save_result,
+    spread,
+)
 from gene_extraction import GENES, N_GENES, NNZ_PER_CELL, data_dir, generate
 
 RELEASE = "20991231"
 DIRECTORY = "BENCH-10X"
 BUCKET = "allen-brain-cell-atlas"
 ROOM = 30
-LATENCY = 0.02
 
 
 def _md5(path: Path) -> str:
@@ -110,10 +123,31 @@ def build_mirror(matrix: Path, mirror: Path) -> dict:
     entry = catalog_entry(attrs, bucket / index_key, index_key)
     seconds = time.perf_counter() - started
     print(f"gene index and sidecars built in {seconds:.0f} s", file=sys.stderr)
-    # kept beside the mirror (not served: a bookkeeping name) so that later runs report it too
-    atomic_write_text(mirror / "_index_build.json", json.dumps({"seconds_index_build": round(seconds, 1)}))
     atomic_write_text(done, catalog_text(RELEASE, f"releases/{RELEASE}/manifest.json", [entry]))
     return json.loads(done.read_text())
+
+
+def time_index_build(mirror: Path, matrix: Path, scratch: Path) -> float:
+    """Seconds to build the matrix's gene index and its sidecars again, into *scratch* (then deleted).
+
+    Measured in every run, so that the saved figure is this run's (the mirror's own index was
+    built once, when the mirror was made).
+    """
+    from abc_helpers.gene_index import catalog_entry, write_gene_index
+    from abc_helpers.manifest import Manifest
+
+    manifest = json.loads((mirror / BUCKET / f"releases/{RELEASE}/manifest.json").read_text())
+    attrs = Manifest(manifest).get_file_attributes(DIRECTORY, f"{DIRECTORY}/log2")
+    folder = Path(tempfile.mkdtemp(prefix="index-build-", dir=scratch))
+    try:
+        target = folder / f"{DIRECTORY}-log2.gene_index.h5ad"
+        started = time.perf_counter()
+        write_gene_index(matrix, target, source_md5=attrs.file_hash, source_file=attrs.relative_path,
+                         progressbar=False)
+        catalog_entry(attrs, target, target.name)
+        return time.perf_counter() - started
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # -- a client (a fresh process) ------------------------------------------------------------------
@@ -171,6 +205,10 @@ def _sent(server) -> dict[str, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="50,000 cells instead of 200,000")
+    parser.add_argument("--latency-ms", type=float, default=LINK_LATENCY_MS,
+                        help=f"the modelled link's first-byte latency (default {LINK_LATENCY_MS:g} ms)")
+    parser.add_argument("--bandwidth-mbs", type=float, default=LINK_BANDWIDTH_MBS,
+                        help=f"the modelled link's bandwidth per response (default {LINK_BANDWIDTH_MBS:g} MB/s)")
     add_save_arguments(parser)
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)
@@ -188,9 +226,10 @@ def main() -> None:
     import requests
 
     from abc_helpers.expression import extract_genes_from_h5ad
-    from abc_helpers.sample import SampleServer
+    from abc_helpers.sample import Link, SampleServer
 
     n_cells = 50_000 if args.quick else 200_000
+    rounds = rounds_of(args)
     folder = data_dir()
     folder.mkdir(parents=True, exist_ok=True)
     matrix = folder / f"bench-{n_cells}x{N_GENES}-{NNZ_PER_CELL}.h5ad"
@@ -215,32 +254,46 @@ def main() -> None:
     others = [s for s in symbols if s not in GENES]
     room_genes = [list(rng.choice(others, 10, replace=False)) for _ in range(ROOM)]
     summary: dict = {"cells": n_cells, "genes": N_GENES, "matrix_gb": round(matrix.stat().st_size / 1e9, 2),
-                     "index_gb": round(index.stat().st_size / 1e9, 2), "cpus": os.cpu_count()}
-    build = mirror / "_index_build.json"
-    summary["seconds_index_build"] = json.loads(build.read_text())["seconds_index_build"] if build.exists() else None
-    with SampleServer(mirror=mirror) as server, tempfile.TemporaryDirectory() as tmp:
+                     "index_gb": round(index.stat().st_size / 1e9, 2), "cpus": os.cpu_count(),
+                     "rounds": rounds, "link": {"latency_ms": args.latency_ms, "bandwidth_mbs": args.bandwidth_mbs}}
+    load_before = load_average()
+    summary["seconds_index_build"] = round(time_index_build(mirror, matrix, folder), 1)
+    with SampleServer(mirror=mirror) as server, tempfile.TemporaryDirectory(dir=folder) as tmp:
         tmp = Path(tmp)
         for path in sorted(p for p in bucket.rglob("*") if p.is_file() and not p.name.startswith("_")):
             requests.head(f"{server.url}/{BUCKET}/{path.relative_to(bucket).as_posix()}", timeout=600)
         expected = extract_genes_from_h5ad(index, GENES).to_numpy()
-        results = {}
-        for latency in (0.0, LATENCY):
-            server.set_faults([f"stall={latency}"] if latency else None)
-            tag = "" if not latency else "_20ms"
-            # the served query first: the baseline writes a 3 GB copy whose write-back would
-            # otherwise still be going on while the served query reads the index
-            os.sync()
-            server.reset_stats()
-            served = run_client(server.url, tmp / f"served{tag}", GENES, "remote", tmp / "served.npy",
-                                repeats=5)
-            np.testing.assert_array_equal(np.load(tmp / "served.npy"), expected)
-            sent = _sent(server)
-            base = run_client(server.url, tmp / f"stream{tag}", GENES, "off", tmp / "stream.npy")
-            np.testing.assert_array_equal(np.load(tmp / "stream.npy"), expected)
-            shutil.rmtree(tmp / f"stream{tag}")
-            os.sync()
-            results[latency] = (base, served)
-            if not latency:
+        results: dict[str, dict[str, list[dict]]] = {}
+        count = iter(range(10**6))
+        for tag, link in (("", None), ("_20ms", Link.from_units(args.latency_ms, args.bandwidth_mbs))):
+            server.set_link(link)
+            sent_first: list[dict] = []
+
+            def served(tag: str = tag, sent_first: list = sent_first) -> dict:
+                os.sync()  # the baseline's 3 GB copy is written back before the served query reads
+                server.reset_stats()
+                out = run_client(server.url, tmp / f"served{tag}-{next(count)}", GENES, "remote",
+                                 tmp / "served.npy", repeats=5)
+                np.testing.assert_array_equal(np.load(tmp / "served.npy"), expected)
+                sent_first.append(_sent(server))
+                return out
+
+            def download_then_stream(tag: str = tag) -> dict:
+                cache = tmp / f"stream{tag}-{next(count)}"
+                out = run_client(server.url, cache, GENES, "off", tmp / "stream.npy")
+                np.testing.assert_array_equal(np.load(tmp / "stream.npy"), expected)
+                shutil.rmtree(cache)
+                os.sync()
+                return out
+
+            def log(i: int, name: str, out: dict, tag: str = tag) -> None:
+                print(f"  round {i} {name}{tag or '_loopback'}: {out['seconds']:.3f} s", file=sys.stderr)
+
+            results[tag] = alternating({"served": served, "download_then_stream": download_then_stream},
+                                       rounds, log)
+            if not tag:
+                sent = sent_first[0]
+
                 def total(suffix: str, sent: dict = sent) -> int:
                     return sum(n for k, n in sent.items() if k.endswith(suffix))
 
@@ -258,8 +311,8 @@ def main() -> None:
                     "bytes_ratio_vs_needed": round((catalog + gene_table + per_query) / needed(GENES), 3),
                     "bytes_ratio_repeat_vs_needed": round(per_query / needed(GENES), 3),
                     "bytes_matrix_download": matrix.stat().st_size})
-            print(f"  latency {latency * 1000:.0f} ms: download+stream {base['seconds']:.2f} s, served "
-                  f"{served['seconds']:.3f} s, repeat {served['seconds_repeat']:.3f} s", file=sys.stderr)
+        server.set_link(None)
+        load_after = load_average()  # before the room: the room is not part of the comparison
         server.set_faults(None)
         # the room: 30 clients ready, then all at once
         go = tmp / "go"
@@ -280,16 +333,22 @@ def main() -> None:
         exact = all(np.array_equal(np.load(tmp / f"room{i}.npy"),
                                    extract_genes_from_h5ad(index, genes).to_numpy())
                     for i, genes in enumerate(room_genes))
-    (base0, served0), (base20, served20) = results[0.0], results[LATENCY]
+    spreads: dict = {}
+    for tag in ("", "_20ms"):
+        base = [r["seconds"] for r in results[tag]["download_then_stream"]]
+        first = [r["seconds"] for r in results[tag]["served"]]
+        repeat = [r["seconds_repeat"] for r in results[tag]["served"]]
+        speedup = ratios(base, first)
+        for key, values, digits in ((f"seconds_download_then_stream{tag}", base, 3),
+                                    (f"seconds_served_first_query{tag}", first, 3),
+                                    (f"seconds_repeat_query{tag}", repeat, 4),
+                                    (f"speedup_vs_download_then_stream{tag}", speedup, 1)):
+            summary[key] = round(statistics.median(values), digits)
+            spreads[key] = spread(values, digits)
     summary.update({
-        "seconds_download_then_stream": round(base0["seconds"], 3),
-        "seconds_served_first_query": round(served0["seconds"], 3),
-        "speedup_vs_download_then_stream": round(base0["seconds"] / served0["seconds"], 1),
-        "seconds_download_then_stream_20ms": round(base20["seconds"], 3),
-        "seconds_served_first_query_20ms": round(served20["seconds"], 3),
-        "speedup_vs_download_then_stream_20ms": round(base20["seconds"] / served20["seconds"], 1),
-        "seconds_repeat_query": round(served0["seconds_repeat"], 4),
-        "seconds_repeat_query_20ms": round(served20["seconds_repeat"], 4),
+        "spread": spreads,
+        "load_before": load_before,
+        "load_after": load_after,
         "room_clients": ROOM,
         "room_all_exact": exact,
         "room_seconds_total": round(total, 2),
@@ -301,7 +360,8 @@ def main() -> None:
         and summary["speedup_vs_download_then_stream_20ms"] >= 20
         and summary["seconds_repeat_query_20ms"] <= 0.25 and exact and total <= 15)
     if args.save:
-        print(f"saved to {save_result('remote_gene_index', summary, args.quick, args.note)}", file=sys.stderr)
+        out = save_result("remote_gene_index", summary, args.quick, args.note, load_before, load_after)
+        print(f"saved to {out}", file=sys.stderr)
     print(json.dumps(summary))
 
 

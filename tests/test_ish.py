@@ -440,6 +440,35 @@ def test_corrupt_grid_member_is_reported(unique_zip, tmp_path):
         ish.read_grid_array(bad)
 
 
+def test_check_grid_zip_reports_a_corrupt_member(unique_zip, tmp_path):
+    """check_grid_zip() inflates every member and names the one whose CRC (or inflate) fails."""
+    content = bytearray(unique_zip.read_bytes())
+    with zipfile.ZipFile(unique_zip) as zf:
+        info = zf.getinfo("energy.raw")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    content[start + info.compress_size // 2] ^= 0xFF
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(bytes(content))
+    assert ish.check_grid_zip(unique_zip) is None
+    assert ish.check_grid_zip(bad) == "member 'energy.raw' fails its CRC"
+    assert not ish.verify_grid(bad)
+
+
+def test_a_checked_grid_converts_to_the_same_volume(unique_zip, tmp_path):
+    """The volume check_grid_zip() inflated is what read_grid_array() inflates; a rewritten zip is read again."""
+    fresh, _ = ish.read_grid_array(unique_zip)
+    copy = tmp_path / "copy.zip"
+    copy.write_bytes(unique_zip.read_bytes())
+    assert ish.check_grid_zip(copy) is None
+    moved = copy.rename(tmp_path / "moved.zip")  # a rename keeps the file: the kept volume is used
+    kept, _ = ish.read_grid_array(moved)
+    assert np.array_equal(kept, fresh)
+    assert ish.check_grid_zip(moved) is None
+    moved.write_bytes(b"not a zip")  # the same path, other bytes: nothing kept is given out
+    with pytest.raises(zipfile.BadZipFile):
+        ish.read_grid_array(moved)
+
+
 def test_write_volume_refuses_unknown_formats(unique_zip, tmp_path):
     with pytest.raises(ValueError, match=r"\.mnc"):
         ish.write_volume(ish.read_grid(unique_zip), tmp_path / "v.tif")

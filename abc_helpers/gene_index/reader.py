@@ -584,8 +584,17 @@ def var_positions(h5file, column: str | None, wanted: Sequence[str],
     return np.where(rows >= 0, np.flatnonzero(first)[rows], -1).astype(np.int64)
 
 
+_INFO: OrderedDict[tuple, dict | None] = OrderedDict()
+_INFO_LOCK = threading.Lock()
+
+
 def read_gene_index_info(path: str | Path) -> dict | None:
     """Return the provenance of a gene index (format, source file, source md5, shape), or None.
+
+    The answer is kept for the last :data:`LABEL_CACHE_SIZE` files, keyed by path, size and
+    modification time (as :func:`index_tables`): the check that an index is valid, done before
+    every query by :func:`~abc_helpers.gene_index.find_gene_index`, opens the file once per
+    session instead of once per query.
 
     Parameters
     ----------
@@ -598,11 +607,30 @@ def read_gene_index_info(path: str | Path) -> dict | None:
         ``{"format", "source_file", "source_md5", "shape"}``; None if *path* is missing,
         unreadable or not a gene index of this version's :data:`FORMAT`.
     """
-    import h5py
-
     path = Path(path)
+    try:
+        st = path.stat()
+    except OSError:
+        return None
     if not path.is_file():
         return None
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    with _INFO_LOCK:
+        if key in _INFO:
+            _INFO.move_to_end(key)
+            info = _INFO[key]
+            return None if info is None else dict(info)
+    info = _read_info(path)
+    with _INFO_LOCK:
+        _INFO[key] = info
+        while len(_INFO) > LABEL_CACHE_SIZE:
+            _INFO.popitem(last=False)
+    return None if info is None else dict(info)
+
+
+def _read_info(path: Path) -> dict | None:
+    import h5py
+
     try:
         with h5py.File(path, "r") as f:
             if INFO_GROUP not in f or matrix_layout(f).encoding != "csc_matrix":

@@ -14,6 +14,7 @@ import sys
 import threading
 import zipfile
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -47,6 +48,11 @@ def grid_url(experiment_id: int, source: str | Source | None = None, include: st
 def check_grid_zip(path: str | os.PathLike, volume: str = "energy") -> str | None:
     """Check a grid zip: safe member names, a complete ``{volume}.raw``, every CRC right.
 
+    Every member is inflated and its CRC compared, as ``ZipFile.testzip`` does, but each in one
+    call (see :func:`read_grid_array`), and the members are kept for a little while, keyed by the
+    file's identity: converting the grid right after its download (the *process* of
+    :func:`download_grids`) then neither opens the zip nor inflates anything again.
+
     Returns
     -------
     str or None
@@ -66,16 +72,25 @@ def check_grid_zip(path: str | os.PathLike, volume: str = "energy") -> str | Non
             if bad:
                 raise ValueError(f"the zip has members that escape its folder: {bad}. It is "
                                  "refused; nothing was extracted.")
-            info = zf.getinfo(f"{volume}.raw") if f"{volume}.raw" in names else None
+            raw_name = f"{volume}.raw"
+            info = zf.getinfo(raw_name) if raw_name in names else None
             if info is None or info.file_size != GRID_BYTES:
                 found = "missing" if info is None else f"{info.file_size} bytes"
-                raise ValueError(f"the zip has no complete '{volume}.raw' ({found}, "
+                raise ValueError(f"the zip has no complete '{raw_name}' ({found}, "
                                  f"expected {GRID_BYTES} bytes; members: {names}): the API has no "
                                  "3-D expression grid for this experiment. Leave it out.")
-            damaged = zf.testzip()
+            identity = _identity(zf)
+            members = {}
+            for member in zf.infolist():
+                try:
+                    members[member.filename] = _read_member(zf, member.filename)
+                except _DAMAGED_MEMBER:
+                    return f"member '{member.filename}' fails its CRC"
     except (OSError, zipfile.BadZipFile) as error:
         return f"not a readable zip ({error})"
-    return None if damaged is None else f"member '{damaged}' fails its CRC"
+    if identity is not None:
+        _keep_inflated(identity, members)
+    return None
 
 
 def verify_grid(path: str | os.PathLike, volume: str = "energy") -> bool:
@@ -249,6 +264,47 @@ def download_grids(
     return out
 
 
+# -- volumes inflated by check_grid_zip, kept for the conversion that follows ---------------------------
+#: How many checked zips :func:`check_grid_zip` keeps inflated (most recent first; about 0.6 MB each):
+#: more than the downloads that can be waiting for a converter in :func:`download_grids`.
+INFLATED_KEEP = 32
+_inflated: OrderedDict[tuple, dict[str, bytes]] = OrderedDict()
+_inflated_lock = threading.Lock()
+
+
+def _stat_identity(st: os.stat_result) -> tuple:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _identity(zf: zipfile.ZipFile) -> tuple | None:
+    """The identity of an open zip's file: device, inode, size and modification time (None if unknown).
+
+    A rename keeps it (the verified ``.part`` becomes the final zip); rewriting the file changes it.
+    """
+    fp = zf.fp
+    try:
+        return None if fp is None else _stat_identity(os.fstat(fp.fileno()))
+    except (OSError, AttributeError, ValueError):  # e.g. a zip read from a BytesIO
+        return None
+
+
+def _keep_inflated(identity: tuple, members: dict[str, bytes]) -> None:
+    with _inflated_lock:
+        _inflated[identity] = members
+        _inflated.move_to_end(identity)
+        while len(_inflated) > INFLATED_KEEP:
+            _inflated.popitem(last=False)
+
+
+def _take_inflated(path: Path) -> dict[str, bytes] | None:
+    """The members of the zip at *path* if :func:`check_grid_zip` kept them (given out once)."""
+    try:
+        identity = _stat_identity(path.stat())
+    except OSError:
+        return None
+    with _inflated_lock:
+        return _inflated.pop(identity, None)
+
 # -- reading --------------------------------------------------------------------------------------
 _MET_TYPES = {"MET_FLOAT": "f4", "MET_DOUBLE": "f8", "MET_UCHAR": "u1", "MET_CHAR": "i1",
               "MET_USHORT": "u2", "MET_SHORT": "i2", "MET_UINT": "u4", "MET_INT": "i4"}
@@ -269,6 +325,9 @@ except ImportError:  # pragma: no cover - depends on the environment
 
     _INFLATE_ERRORS = (zlib.error,)
 
+
+#: What reading a damaged member raises: a CRC or size mismatch, a bad deflate stream, a cut member.
+_DAMAGED_MEMBER: tuple[type[Exception], ...] = (zipfile.BadZipFile, EOFError, *_INFLATE_ERRORS)
 
 #: A zip local file header (APPNOTE 4.3.7): 30 bytes starting with this signature.
 _LOCAL_HEADER_SIZE = 30
@@ -313,14 +372,18 @@ def read_grid_array(path: str | os.PathLike, volume: str = "energy") -> tuple[np
         If the zip has no ``{volume}.mhd``/``{volume}.raw``.
     """
     path = Path(path)
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-        if f"{volume}.raw" not in names or f"{volume}.mhd" not in names:
-            msg = (f"'{volume}.raw' is not in '{path}' (it holds {names}): download the grid with "
-                   f"include={volume}, or read one of the volumes it has.")
-            raise KeyError(msg)
-        header = _parse_mhd(zf.read(f"{volume}.mhd").decode())
-        raw = _read_member(zf, header.get("ElementDataFile", f"{volume}.raw"))
+    kept = _take_inflated(path) or {}  # just checked (and inflated) by check_grid_zip
+    header = _parse_mhd(kept[f"{volume}.mhd"].decode()) if f"{volume}.mhd" in kept else {}
+    raw = kept.get(header.get("ElementDataFile", f"{volume}.raw")) if header else None
+    if raw is None:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            if f"{volume}.raw" not in names or f"{volume}.mhd" not in names:
+                msg = (f"'{volume}.raw' is not in '{path}' (it holds {names}): download the grid with "
+                       f"include={volume}, or read one of the volumes it has.")
+                raise KeyError(msg)
+            header = _parse_mhd(zf.read(f"{volume}.mhd").decode())
+            raw = _read_member(zf, header.get("ElementDataFile", f"{volume}.raw"))
     size = tuple(int(v) for v in header["DimSize"].split())
     order = ">" if header.get("BinaryDataByteOrderMSB", "False").lower() == "true" else "<"
     dtype = np.dtype(order + _MET_TYPES[header.get("ElementType", "MET_FLOAT")])
