@@ -6,10 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: book test venv lint bench clean notebooks smoke-aws dist
 
-$(STAMP): requirements.txt pyproject.toml
+# The development set (requirements-dev.txt: the learners' requirements.txt plus tests, linters and
+# the book build); learners need only `pip install -r requirements.txt`.
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
