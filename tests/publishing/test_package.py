@@ -13,6 +13,7 @@ import ast
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -166,3 +167,21 @@ def test_wheel_with_its_dependencies_builds_serves_and_downloads(dist, tmp_path)
     downloaded = Path(facts["path"]).read_bytes()
     assert downloaded == served.read_bytes() and len(downloaded) > 0
     assert facts["md5"] == "md5:" + hashlib.md5(downloaded).hexdigest()
+
+
+def test_changelog_links_name_the_tags_of_its_versions():
+    """Each released section of CHANGELOG.md links to the tree of its tag, v<version>; [Unreleased]
+    compares the newest tag with HEAD; where git has the tags, each holds that version."""
+    text = (ROOT / "CHANGELOG.md").read_text()
+    versions = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - \d{4}-\d\d-\d\d$", text, flags=re.MULTILINE)
+    assert versions, "CHANGELOG.md has no released version"
+    links = dict(re.findall(r"^\[([^\]]+)\]: (\S+)$", text, flags=re.MULTILINE))
+    repository = "https://github.com/allen-open-data/abc_helpers"
+    assert links["Unreleased"] == f"{repository}/compare/v{versions[0]}...HEAD"
+    for version in versions:
+        assert links[version] == f"{repository}/tree/v{version}", links.get(version)
+        shown = subprocess.run(["git", "show", f"v{version}:abc_helpers/__init__.py"], cwd=ROOT,
+                               capture_output=True, text=True)
+        if shown.returncode != 0:  # a shallow clone (CI's checkout) fetches no tags
+            continue
+        assert f'__version__ = "{version}"' in shown.stdout
