@@ -23,10 +23,13 @@ book: $(STAMP)
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
 	@echo "Book: $(CURDIR)/_build/html/index.html"
 
-## Run every test, including nbval over the stored outputs of book/*.ipynb.
+## Run every test, including nbval over the stored outputs of book/*.ipynb, on every core: pytest-xdist
+## workers, each test module (and each notebook's cells) on one worker; TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= auto
 test: $(STAMP)
 	$(PY) -m abc_helpers.sample build
-	$(PY) -m pytest tests abc_helpers --doctest-modules --nbval book --nbval-sanitize-with book/sanitize.cfg -p no:cacheprovider
+	$(PY) -m pytest tests abc_helpers --doctest-modules --nbval book --nbval-sanitize-with book/sanitize.cfg \
+		-p no:cacheprovider -n $(TEST_WORKERS) --dist loadscope
 
 ## ruff and mypy over the code; actionlint and zizmor (offline: no GitHub API) over the workflows.
 lint: $(STAMP)

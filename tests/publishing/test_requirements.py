@@ -9,6 +9,7 @@ missing or stray requirement directly, without building anything.)
 from __future__ import annotations
 
 import ast
+import functools
 import re
 import sys
 from importlib.metadata import packages_distributions
@@ -41,9 +42,14 @@ def _project() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
+@functools.cache
+def _installed() -> dict[str, list[str]]:
+    return packages_distributions()  # reads every installed distribution's file list: once
+
+
 def _distributions(module: str) -> set[str]:
     """The installed distributions that provide the top-level *module* (normalised names)."""
-    return {d.lower().replace("_", "-") for d in packages_distributions().get(module, [])}
+    return {d.lower().replace("_", "-") for d in _installed().get(module, [])}
 
 
 def _optional_import_lines(tree: ast.AST) -> set[int]:

@@ -102,8 +102,9 @@ def _browser_test_without_chromium(tmp_path: Path, ci: str | None) -> subprocess
     env["PATH"] = str(tmp_path)  # an empty folder: neither chromium nor chromedriver is found
     if ci is not None:
         env["CI"] = ci
+    # --noconftest: the browser test needs none of the sample-world fixtures (and starts at once)
     cmd = [sys.executable, "-m", "pytest", "tests/book/test_book_browser.py", "-k", "navigation",
-           "-q", "-rs", "-p", "no:cacheprovider"]
+           "-q", "-rs", "-p", "no:cacheprovider", "-p", "no:xdist", "--noconftest"]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
