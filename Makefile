@@ -6,10 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: book test venv lint bench clean notebooks smoke-aws dist
 
-$(STAMP): requirements.txt pyproject.toml
+# The development set (requirements-dev.txt: the learners' requirements.txt plus tests, linters and
+# the book build); learners need only `pip install -r requirements.txt`.
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
@@ -23,10 +25,13 @@ book: $(STAMP)
 	$(VENV)/bin/jupyter-book build . --all --warningiserror --keep-going
 	@echo "Book: $(CURDIR)/_build/html/index.html"
 
-## Run every test, including nbval over the stored outputs of book/*.ipynb.
+## Run every test, including nbval over the stored outputs of book/*.ipynb, on every core: pytest-xdist
+## workers, each test module (and each notebook's cells) on one worker; TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= auto
 test: $(STAMP)
 	$(PY) -m abc_helpers.sample build
-	$(PY) -m pytest tests abc_helpers --doctest-modules --nbval book --nbval-sanitize-with book/sanitize.cfg -p no:cacheprovider
+	$(PY) -m pytest tests abc_helpers --doctest-modules --nbval book --nbval-sanitize-with book/sanitize.cfg \
+		-p no:cacheprovider -n $(TEST_WORKERS) --dist loadscope
 
 ## ruff and mypy over the code; actionlint and zizmor (offline: no GitHub API) over the workflows.
 lint: $(STAMP)

@@ -1,10 +1,12 @@
-"""Shared fixtures: one real sample server on loopback for the whole test session."""
+"""Shared fixtures: one real sample server on loopback per test process (each pytest-xdist worker
+serves the one cached sample world itself), and the worlds built once per run (support.worlds)."""
 
 from __future__ import annotations
 
 import pytest
+from support.worlds import shared_world
 
-from abc_helpers.sample import SampleServer, build_world, start
+from abc_helpers.sample import SampleServer, start
 from abc_helpers.sources import Source
 
 
@@ -24,8 +26,8 @@ def sample_source(sample_server) -> Source:
 
 @pytest.fixture(scope="session")
 def amba_world(tmp_path_factory):
-    """A world holding the Allen API data only (fast to build), shared by the ISH tests."""
-    return build_world(tmp_path_factory.mktemp("amba-world") / "world", generators=("amba",))
+    """A world holding the Allen API data only (fast to build), shared by the ISH tests, built once per run."""
+    return shared_world(tmp_path_factory, ("amba",))
 
 
 @pytest.fixture(scope="session")

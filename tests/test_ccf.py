@@ -193,9 +193,28 @@ def test_world_spaces():
         ccf.um_to_world([0, 0], "MICe")
 
 
+#: The MICe scripts' placement of a PIR volume (abeaucha/MouseHumanTranscriptomicSimilarity,
+#: AllenMouseBrainAtlas/transform_space.py; /work/shared/reference/allen_formats.md B.5): the centre
+#: in CCF µm (x, y, z = AP, DV, LR) and the world direction of each voxel axis; world = sum of
+#: (position - centre) / 1000 along those directions, in mm.
+TRANSFORM_SPACE_PIR = {
+    "MICe": ((5300, 5300, 5700), ((0, -1, 0), (0, 0, -1), (1, 0, 0))),
+    "CCFv3": ((0, 0, 0), ((1, 0, 0), (0, 1, 0), (0, 0, 1))),
+}
+
+
+def _transform_space_point(ccf_um, world_space: str) -> tuple[float, float, float]:
+    """The world point (mm) of a CCF position (AP, DV, LR) µm, as transform_space.py places it."""
+    centre, axes = TRANSFORM_SPACE_PIR[world_space]
+    x, y, z = (sum((float(p) - c) / 1000 * axis[k] for p, c, axis in zip(ccf_um, centre, axes, strict=True))
+               for k in range(3))
+    return (x, y, z)
+
+
 @pytest.mark.parametrize(("orientation", "world_space"), CASES)
 def test_world_points_match_ish_reorient(orientation, world_space):
-    """A grid reoriented by ish.reorient puts each CCF voxel exactly where ccf.um_to_world says."""
+    """A grid reoriented by ish.reorient puts each CCF voxel exactly where ccf.um_to_world says, and
+    both put it where the MICe scripts' transform_space.py does."""
     values = np.arange(np.prod(GRID), dtype=np.float32).reshape(GRID[::-1])  # [LR, DV, AP]
     pir = sitk.GetImageFromArray(values)
     pir.SetSpacing((0.2, 0.2, 0.2))
@@ -206,7 +225,9 @@ def test_world_points_match_ish_reorient(orientation, world_space):
         voxel = image.TransformPhysicalPointToIndex(point.tolist())
         assert image[voxel] == values[lr, d, a]
         assert np.allclose(image.TransformIndexToPhysicalPoint(voxel), point, atol=1e-9)
-        assert ish.expected_world_point((200 * a, 200 * d, 200 * lr), world_space) == pytest.approx(point, abs=1e-9)
+        expected = _transform_space_point((200 * a, 200 * d, 200 * lr), world_space)
+        assert tuple(point) == pytest.approx(expected, abs=1e-9)
+        assert ish.expected_world_point((200 * a, 200 * d, 200 * lr), world_space) == pytest.approx(expected, abs=1e-9)
 
 
 @pytest.mark.parametrize("world_space", ["MICe", "CCFv3"])

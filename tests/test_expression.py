@@ -372,14 +372,17 @@ def test_get_gene_data_streaming_is_exact(abc_cache, tables, reference):
     assert (got["Slc17a7"] > 0).mean() > 0.05  # not all zeros: the check can fail
 
 
-def test_get_gene_data_matches_the_published_view(abc_cache, tables):
-    """Our result equals the sample's example_genes_all_cells_expression view (to CSV precision)"""
+@pytest.mark.parametrize("gene_index", ["off", "remote"])
+def test_get_gene_data_matches_the_published_view(abc_cache, tables, gene_index):
+    """Our result equals the sample's example_genes_all_cells_expression view (to CSV precision),
+    streaming the downloaded matrices ("off") or reading the served gene indexes ("remote")"""
     from abc_helpers.expression import get_gene_data
 
     cells, genes = tables
     view = abc_cache.get_metadata_dataframe("WMB-10X", "example_genes_all_cells_expression",
                                             index_col="cell_label")
-    got = get_gene_data(abc_cache, cells, genes, list(view.columns), progressbar=False)
+    got = get_gene_data(abc_cache, cells, genes, list(view.columns), progressbar=False,
+                        gene_index=gene_index)
     np.testing.assert_allclose(got.loc[view.index].to_numpy(), view.to_numpy(), atol=1e-5)
 
 
@@ -467,8 +470,10 @@ def test_unknown_genes_are_named_with_suggestions(abc_cache, tables):
                       progressbar=False)
 
 
-def test_cells_outside_the_release_are_reported_not_dropped(abc_cache, tables, reference):
-    """Cells whose matrix is not in the loaded release, or not in their matrix, are NaN + warned"""
+@pytest.mark.parametrize("gene_index", ["off", "remote"])
+def test_cells_outside_the_release_are_reported_not_dropped(abc_cache, tables, reference, gene_index):
+    """Cells whose matrix is not in the loaded release, or not in their matrix, are NaN + warned,
+    streaming or from the served gene indexes"""
     from abc_helpers.expression import get_gene_data
 
     cells, genes = tables
@@ -478,7 +483,8 @@ def test_cells_outside_the_release_are_reported_not_dropped(abc_cache, tables, r
                          index=pd.Index(["NOT-A-CELL-1"], name="cell_label"))
     cells = pd.concat([cells, extra])
     with pytest.warns(MissingCellsWarning) as record:
-        got = get_gene_data(abc_cache, cells, genes, ["Tac2", "Slc17a7"], progressbar=False)
+        got = get_gene_data(abc_cache, cells, genes, ["Tac2", "Slc17a7"], progressbar=False,
+                            gene_index=gene_index)
     messages = " ".join(str(w.message) for w in record)
     assert "'WMB-10Xv2/WMB-10Xv9-XX/log2' (3 cells)" in messages
     assert "'WMB-10Xv2/WMB-10Xv2-TH/log2' (1 cells)" in messages
@@ -488,8 +494,10 @@ def test_cells_outside_the_release_are_reported_not_dropped(abc_cache, tables, r
                                   reference.iloc[3:][["Tac2", "Slc17a7"]].to_numpy())
 
 
-def test_older_release_without_a_matrix(sample_source, tmp_path, tables):
-    """Loading 20230630 (no WMB-10XMulti yet) reports the 10XMulti cells as not in the release"""
+@pytest.mark.parametrize("gene_index", ["off", "auto"])
+def test_older_release_without_a_matrix(sample_source, tmp_path, tables, gene_index):
+    """Loading 20230630 (no WMB-10XMulti yet) reports the 10XMulti cells as not in the release,
+    streaming or with the default (served gene indexes where the release has them)"""
     from abc_helpers.cache import AbcProjectCache
     from abc_helpers.expression import get_gene_data
 
@@ -500,7 +508,7 @@ def test_older_release_without_a_matrix(sample_source, tmp_path, tables):
     multi = cells[cells["dataset_label"] == "WMB-10XMulti"]
     assert len(multi)
     with pytest.warns(MissingCellsWarning, match=r"WMB-10XMulti/WMB-10XMulti/log2' \(\d+ cells\)"):
-        got = get_gene_data(cache, multi, genes, ["Tac2"], progressbar=False)
+        got = get_gene_data(cache, multi, genes, ["Tac2"], progressbar=False, gene_index=gene_index)
     assert got["Tac2"].isna().all()
 
 

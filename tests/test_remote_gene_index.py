@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from support.worlds import shared_world
 
 from abc_helpers import (
     AbcProjectCache,
@@ -249,10 +250,10 @@ def test_index_of_another_file_is_refused(mirror, streamed, tmp_path):
         assert list(_matrix_requests(srv)) == [f"allen-brain-cell-atlas/{victim['source']['relative_path']}"]
 
 
-def test_no_catalog_at_all(tmp_path, streamed, server):
+def test_no_catalog_at_all(tmp_path, tmp_path_factory, streamed, server):
     """A source that serves no index: "auto" warns once and streams; "remote" says there is none."""
     cells, genes, reference = streamed
-    world = build_world(tmp_path / "world", generators=("abc",))
+    world = shared_world(tmp_path_factory, ("abc",))  # the ABC generator alone serves no gene index
     few = cells[cells["feature_matrix_label"] == "WMB-10Xv2-TH"]
     with SampleServer(root=world) as srv:
         cache = _cache(tmp_path / "c", srv.url)

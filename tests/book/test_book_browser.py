@@ -3,12 +3,16 @@
 The book is built from the notebooks' stored outputs (no execution: `make book` executes them) into a
 temporary folder, served on loopback, and opened in headless Chromium (Debian's ``chromium`` and
 ``chromium-driver``). Screenshots of each chapter go to ``_build/screenshots/``.
+
+Without Chromium the browser tests fail in CI (``CI=true``: ``ci.yml`` and ``.ci/run`` install it)
+and are skipped elsewhere, with the reason and the command that installs it.
 """
 
 from __future__ import annotations
 
 import functools
 import http.server
+import os
 import shutil
 import subprocess
 import sys
@@ -21,11 +25,18 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="headless Chromium is not installed (apt-get install chromium chromium-driver); "
-           "the browser test of the rendered book is skipped",
-)
+MISSING = (f"headless Chromium is not installed (chromium: {CHROMIUM}, chromedriver: {CHROMEDRIVER}); "
+           "install it with `apt-get install chromium chromium-driver`")
+
+
+def _require_chromium() -> None:
+    """Fail in CI (``CI=true``), skip elsewhere, when Chromium or its driver is missing."""
+    if CHROMIUM and CHROMEDRIVER:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and {MISSING}: CI must run the browser test of the rendered book",
+                    pytrace=False)
+    pytest.skip(f"{MISSING}; the browser test of the rendered book is skipped (outside CI only)")
 
 
 def _chapters() -> list[str]:
@@ -63,6 +74,7 @@ def base_url(site):
 
 @pytest.fixture(scope="module")
 def browser():
+    _require_chromium()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -114,7 +126,7 @@ def _load(browser, url: str, what: str) -> dict:
 
 
 @pytest.mark.parametrize("chapter", _chapters())
-def test_chapter_renders_in_chromium(chapter, base_url, browser):
+def test_chapter_renders_in_chromium(chapter, browser, base_url):
     """Title, figures loaded with a real size, no error output anywhere."""
     from selenium.webdriver.common.by import By
 
@@ -140,7 +152,7 @@ def test_chapter_renders_in_chromium(chapter, base_url, browser):
     browser.set_window_size(1280, 1600)
 
 
-def test_navigation_reaches_every_chapter(base_url, browser):
+def test_navigation_reaches_every_chapter(browser, base_url):
     """The sidebar of the first page links to every chapter, and each link loads."""
     from selenium.webdriver.common.by import By
 

@@ -36,9 +36,11 @@ def _project() -> dict:
 
 
 def test_binder_requirements_cover_the_package_and_the_book_extra():
-    """binder/requirements.txt lists every dependency of the package and of its `book` extra."""
+    """binder/requirements.txt lists every dependency of the package and of its `book` extra, and
+    the rest of the learners' requirements.txt (JupyterLab, papermill)."""
     project = _project()
     needed = _names(project["dependencies"]) | _names(project["optional-dependencies"]["book"])
+    needed |= _names((ROOT / "requirements.txt").read_text().splitlines())
     listed = _names((BINDER / "requirements.txt").read_text().splitlines())
     assert needed <= listed, f"binder/requirements.txt misses {sorted(needed - listed)}"
     assert (BINDER / "runtime.txt").read_text().strip().startswith("python-3.")

@@ -2,19 +2,20 @@
 files (not the tests or the book), pass ``twine check``, and work alone in a fresh virtualenv.
 
 The build runs offline (``--no-isolation``: setuptools and build come from the test's own
-environment). The fresh venv gets the wheel only (``--no-deps``); the libraries it needs are made
-importable by a ``.pth`` line naming this environment's site-packages, whose own ``.pth`` files
-(the editable install of this checkout among them) are not processed from there.
+environment). The fresh venv (``python -m venv``) gets the wheel *with its dependencies* from the
+package index (pip's cache makes this quick), so a dependency missing from ``pyproject.toml`` fails
+here: it sees neither this checkout nor the test environment, and builds its own sample world.
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
-import sysconfig
 import tarfile
 import zipfile
 from pathlib import Path
@@ -22,7 +23,8 @@ from pathlib import Path
 import pytest
 
 import abc_helpers
-from abc_helpers.sample import build_world, default_world_dir
+from abc_helpers.sample.build import world_fingerprint
+from abc_helpers.sources import ABC_BUCKET
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -83,52 +85,103 @@ def test_twine_check_passes(dist):
     assert result.stdout.count("PASSED") == 2, result.stdout
 
 
-def test_wheel_alone_serves_the_sample_world_and_downloads(dist, tmp_path):
-    """A fresh venv with only the wheel: `python -m abc_helpers.sample serve`, then a cache
-    download against it, both from the installed copy."""
-    wheel = next(dist.glob("*.whl"))
-    venv = tmp_path / "venv"
-    # nothing of this checkout on the path (PYTHONPATH, or the current folder for `python -c`)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    _run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path, env=env)
-    python = venv / "bin" / "python"
-    _run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)],
-         cwd=tmp_path, env=env)
-    fresh_site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                           cwd=tmp_path, env=env).stdout.strip())
-    # the libraries, from this environment, without its editable abc_helpers (.pth not processed)
-    (fresh_site / "zz_test_libraries.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    build_world()  # the world of this checkout; the wheel must find the very same one
+#: Run by the fresh venv's Python from a folder outside the checkout: a cache downloads through the
+#: server (argv[1]) into argv[2], checks the hashes and opens an NWB session, and prints what it used.
+CLIENT = """
+import json, sys
+from pathlib import Path
 
-    probe = ("import json, abc_helpers; from abc_helpers.sample import default_world_dir; "
-             "print(json.dumps({'file': abc_helpers.__file__, 'version': abc_helpers.__version__, "
-             "'world': str(default_world_dir())}))")
-    facts = json.loads(_run([str(python), "-c", probe], cwd=tmp_path, env=env).stdout)
-    assert Path(facts["file"]).is_relative_to(venv), facts["file"]
-    assert facts["version"] == abc_helpers.__version__
-    # the same generators and data files: the wheel's world fingerprint is this checkout's
-    assert facts["world"] == str(default_world_dir())
+import abc_helpers, numpy, pynwb
+from abc_helpers import AbcProjectCache, VbnProjectCache, file_hash
+
+url, cache_dir = sys.argv[1], Path(sys.argv[2])
+abc = AbcProjectCache.from_s3_cache(cache_dir / "abc", source=url, progressbar=False)
+path = abc.get_metadata_path("WMB-10X", "gene")
+attrs = abc.get_file_attributes("WMB-10X", "gene")
+assert file_hash(path, "md5") == attrs.known_hash, (path, attrs)
+
+vbn = VbnProjectCache.from_s3_cache(cache_dir / "vbn", source=url, progressbar=False)
+manifest = json.loads((vbn.cache_dir / vbn.current_manifest()).read_text())
+sessions = vbn.get_ecephys_session_table(filter_abnormalities=False)
+with_file = sessions[sessions["file_id"].astype(str).isin(manifest["data_files"])]
+session_id = int(with_file.index[0])
+with vbn.get_ecephys_session(session_id) as session:
+    assert session.ecephys_session_id == session_id
+
+print(json.dumps({"manifest": abc.current_manifest, "path": str(path), "relative_path": attrs.relative_path,
+                  "md5": attrs.known_hash, "session": session_id, "sys_path": sys.path,
+                  "modules": {m.__name__: m.__file__ for m in (abc_helpers, numpy, pynwb)},
+                  "version": abc_helpers.__version__}))
+"""
+
+
+def _clean_env(sample_dir: Path) -> dict[str, str]:
+    """This process's environment without anything Python or abc_helpers (the machine's pip
+    configuration, PATH and HOME stay), and a fresh folder for the sample world."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYTHON", "ABC_HELPERS_", "VIRTUAL_ENV", "CONDA", "PYTEST", "COV_"))}
+    env["ABC_HELPERS_SAMPLE_DIR"] = str(sample_dir)
+    return env
+
+
+def test_wheel_with_its_dependencies_builds_serves_and_downloads(dist, tmp_path):
+    """A fresh venv with the wheel and its declared dependencies, outside the checkout: it builds
+    the sample world, serves it, and an AbcProjectCache and a VbnProjectCache download through it."""
+    wheel = next(dist.glob("*.whl"))
+    work = tmp_path / "elsewhere"  # the current folder of every command: not the checkout
+    work.mkdir()
+    sample_dir = tmp_path / "sample-worlds"
+    env = _clean_env(sample_dir)
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", str(venv)], cwd=work, env=env)
+    python, bin_dir = venv / "bin" / "python", venv / "bin"
+    _run([str(python), "-m", "pip", "install", "--quiet", str(wheel)], cwd=work, env=env)
+    _run([str(python), "-m", "pip", "check"], cwd=work, env=env)
+
+    # the console script builds the world in the fresh sample folder, from the installed generators
+    built = _run([str(bin_dir / "abc-helpers-sample"), "build"], cwd=work, env=env).stdout
+    world = sample_dir / world_fingerprint()  # the same generators as this checkout's
+    assert f"sample world: {world} " in built, built
+    assert json.loads((world / "WORLD.json").read_text())["synthetic"] is True
 
     server = subprocess.Popen([str(python), "-m", "abc_helpers.sample", "serve", "--port", "0"],
-                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
     try:
         url = server.stdout.readline().strip()
-        assert url.startswith("http://127.0.0.1:"), (url, server.poll())
-        client = (
-            "import sys, abc_helpers\n"
-            "from abc_helpers import AbcProjectCache, file_hash\n"
-            "cache = AbcProjectCache.from_s3_cache(sys.argv[1], source=sys.argv[2], progressbar=False)\n"
-            "path = cache.get_metadata_path('WMB-10X', 'gene')\n"
-            "attrs = cache.get_file_attributes('WMB-10X', 'gene')\n"
-            "assert file_hash(path, 'md5') == attrs.known_hash, (path, attrs)\n"
-            "print(cache.current_manifest, path.stat().st_size, abc_helpers.__file__)\n"
-        )
-        result = _run([str(python), "-c", client, str(tmp_path / "cache"), url], cwd=tmp_path, env=env)
-        manifest, size, module = result.stdout.split()
-        assert manifest.startswith("releases/") and int(size) > 0
-        assert Path(module).is_relative_to(venv)
-        assert (tmp_path / "cache" / "metadata" / "WMB-10X").is_dir()
+        assert url.startswith("http://127.0.0.1:"), (url, server.poll(), server.stderr.read())
+        (work / "client.py").write_text(CLIENT)
+        facts = json.loads(_run([str(python), "client.py", url, str(tmp_path / "cache")],
+                                cwd=work, env=env).stdout)
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+    assert facts["version"] == abc_helpers.__version__
+    for name, module in facts["modules"].items():  # the package and its libraries: the venv's own
+        assert Path(module).is_relative_to(venv), (name, module)
+    assert not [p for p in facts["sys_path"] if p and Path(p).resolve().is_relative_to(ROOT)]
+    assert facts["manifest"].startswith("releases/")
+    # the downloaded file is the served one, byte for byte (md5 computed here, independently)
+    served = world / "s3" / ABC_BUCKET / facts["relative_path"]
+    downloaded = Path(facts["path"]).read_bytes()
+    assert downloaded == served.read_bytes() and len(downloaded) > 0
+    assert facts["md5"] == "md5:" + hashlib.md5(downloaded).hexdigest()
+
+
+def test_changelog_links_name_the_tags_of_its_versions():
+    """Each released section of CHANGELOG.md links to the tree of its tag, v<version>; [Unreleased]
+    compares the newest tag with HEAD; where git has the tags, each holds that version."""
+    text = (ROOT / "CHANGELOG.md").read_text()
+    versions = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - \d{4}-\d\d-\d\d$", text, flags=re.MULTILINE)
+    assert versions, "CHANGELOG.md has no released version"
+    links = dict(re.findall(r"^\[([^\]]+)\]: (\S+)$", text, flags=re.MULTILINE))
+    repository = "https://github.com/allen-open-data/abc_helpers"
+    assert links["Unreleased"] == f"{repository}/compare/v{versions[0]}...HEAD"
+    for version in versions:
+        assert links[version] == f"{repository}/tree/v{version}", links.get(version)
+        shown = subprocess.run(["git", "show", f"v{version}:abc_helpers/__init__.py"], cwd=ROOT,
+                               capture_output=True, text=True)
+        if shown.returncode != 0:  # a shallow clone (CI's checkout) fetches no tags
+            continue
+        assert f'__version__ = "{version}"' in shown.stdout

@@ -5,7 +5,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -78,3 +81,38 @@ def test_smoke_runs_every_profile_weekly_and_keeps_the_notebooks():
     assert upload and upload[0]["if"] == "always()"
     assert upload[0]["with"]["path"].startswith("_build/smoke/")
     assert "smoke-aws:" in (ROOT / "Makefile").read_text()
+
+
+def test_ci_installs_chromium_before_the_tests():
+    """ci.yml's test job runs in Debian (whose `chromium` and `chromium-driver` the browser test
+    uses) and installs both before `make test`."""
+    job = _load("ci.yml")["jobs"]["test"]
+    assert "bookworm" in job["container"]["image"]
+    runs = _runs(job)
+    install = [i for i, run in enumerate(runs) if "apt-get install" in run]
+    assert install, "ci.yml installs no Chromium"
+    words = runs[install[0]].split()
+    assert "chromium" in words and "chromium-driver" in words
+    assert install[0] < runs.index("make test")
+    assert "export CI=" in (ROOT / ".ci" / "run").read_text()
+
+
+def _browser_test_without_chromium(tmp_path: Path, ci: str | None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER")}
+    env["PATH"] = str(tmp_path)  # an empty folder: neither chromium nor chromedriver is found
+    if ci is not None:
+        env["CI"] = ci
+    # --noconftest: the browser test needs none of the sample-world fixtures (and starts at once)
+    cmd = [sys.executable, "-m", "pytest", "tests/book/test_book_browser.py", "-k", "navigation",
+           "-q", "-rs", "-p", "no:cacheprovider", "-p", "no:xdist", "--noconftest"]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_browser_test_fails_in_ci_without_chromium(tmp_path):
+    """With CI=true and no Chromium the browser test fails; outside CI it is skipped with the reason."""
+    in_ci = _browser_test_without_chromium(tmp_path, "true")
+    assert in_ci.returncode != 0, in_ci.stdout[-2000:]
+    assert "CI=true and headless Chromium is not installed" in in_ci.stdout, in_ci.stdout[-2000:]
+    outside = _browser_test_without_chromium(tmp_path, None)
+    assert outside.returncode == 0, outside.stdout[-2000:]
+    assert "1 skipped" in outside.stdout and "apt-get install chromium chromium-driver" in outside.stdout

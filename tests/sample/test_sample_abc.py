@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from support.worlds import shared_world
 
 from abc_helpers.sample import abc, build_world
 from abc_helpers.sample.world import load_index, md5_of_file
@@ -24,8 +25,8 @@ def _build(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
-    """One ABC-only world, built into a temporary folder."""
-    return _build(tmp_path_factory.mktemp("abc-world"))
+    """One ABC-only world, built into a temporary folder once per test run."""
+    return shared_world(tmp_path_factory, ("abc",))
 
 
 def _bucket(world: Path) -> Path:
