@@ -5,7 +5,7 @@ Colab opens a chapter from GitHub in a bare Python: without this, ``import abc_h
 first code cell of its Imports section, right after the parameters, so it runs before any import;
 ``tests/book/test_notebook_skeleton.py`` checks each chapter has it verbatim);
 ``tests/publishing/test_binder_colab.py`` runs it both ways. The ``book`` extra
-brings what the chapters import besides the package (pynwb, matplotlib, nibabel, isal).
+brings what the chapters import besides the package (anndata, matplotlib, nibabel; isal, optional).
 """
 
 import sys

@@ -116,3 +116,12 @@ def test_browser_test_fails_in_ci_without_chromium(tmp_path):
     outside = _browser_test_without_chromium(tmp_path, None)
     assert outside.returncode == 0, outside.stdout[-2000:]
     assert "1 skipped" in outside.stdout and "apt-get install chromium chromium-driver" in outside.stdout
+
+
+def test_make_test_runs_on_every_core_one_module_per_worker():
+    """`make test` runs pytest-xdist workers with --dist loadscope: nbval needs a notebook's cells in
+    one kernel, and the module-scoped fixtures (a book build, a smoke run) run once."""
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile.split("\ntest: ", 1)[1].split("\n\n", 1)[0].replace("\\\n", " ")
+    assert re.search(r"-n \$\(TEST_WORKERS\) --dist loadscope", recipe), recipe
+    assert re.search(r"^TEST_WORKERS \?= auto$", makefile, flags=re.MULTILINE)
