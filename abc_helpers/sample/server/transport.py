@@ -164,9 +164,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.pacer: Pacer | None = None
         app._record(self.name, requests=1)
         self.status = 0
-        link = app._link
-        if link is not None and link.latency_s > 0:
-            time.sleep(link.latency_s)  # the link's time to the first byte
         plan = app._faults
         self.use: FaultUse | None = (plan.claim(self.name, method)
                                      if plan is not None and len(plan) else None)
@@ -176,6 +173,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # we do not read request bodies
         app._begin()
         try:
+            link = app._link
+            if link is not None and link.latency_s > 0:
+                time.sleep(link.latency_s)  # the link's time to the first byte
             if self.fault is not None:
                 LOGGER.debug("fault %s on %s %s", self.fault, method, self.url_path)
                 if self.fault.ignore_range and "Range" in self.headers:
