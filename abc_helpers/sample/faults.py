@@ -27,8 +27,9 @@ the end of a body changes nothing.
 
 **Hits and effects.** A rule's *hits* count the requests it matched (and used up); its *effects*
 count the requests whose response it changed: a status sent instead of the object, a stall before
-bytes it withheld, a cut or short body that withheld bytes, a flipped byte that was sent, a
-``Range`` that was asked for and ignored. Tests assert the effects (:meth:`FaultPlan.effective`),
+bytes it withheld, a cut or short body that withheld bytes, a flipped byte inside the body, a
+``Range`` that was asked for and ignored. An effect is counted when the server commits to it
+(before the first byte of a body fault goes out), so a client that hangs up early does not hide it. Tests assert the effects (:meth:`FaultPlan.effective`),
 so a case cannot pass because its fault fell past the end of a body.
 """
 

@@ -242,12 +242,12 @@ def test_stall_mid_body(srv):
     srv.set_faults(["stall-after=4096,stall=0.5,count=1"])
     t0 = time.perf_counter()
     with requests.get(blob_url(srv), stream=True, timeout=5) as r:
-        headers_after = time.perf_counter() - t0
+        assert r.status_code == 200
         body = r.raw.read()
-    total = time.perf_counter() - t0
     assert body == DATA
-    # the pause is in the body, after the headers (a bound that load cannot break)
-    assert total - headers_after >= 0.5
+    # the exchange lasted the stall at least. (Not "body time >= 0.5": a loaded client may see
+    # the headers late, after the stall began, so that bound failed under load.)
+    assert time.perf_counter() - t0 >= 0.5
     assert effective(srv) == [1]
 
 

@@ -164,9 +164,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.pacer: Pacer | None = None
         app._record(self.name, requests=1)
         self.status = 0
-        link = app._link
-        if link is not None and link.latency_s > 0:
-            time.sleep(link.latency_s)  # the link's time to the first byte
         plan = app._faults
         self.use: FaultUse | None = (plan.claim(self.name, method)
                                      if plan is not None and len(plan) else None)
@@ -176,6 +173,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # we do not read request bodies
         app._begin()
         try:
+            link = app._link
+            if link is not None and link.latency_s > 0:
+                time.sleep(link.latency_s)  # the link's time to the first byte
             if self.fault is not None:
                 LOGGER.debug("fault %s on %s %s", self.fault, method, self.url_path)
                 if self.fault.ignore_range and "Range" in self.headers:
@@ -373,12 +373,17 @@ class _Handler(BaseHTTPRequestHandler):
             events.append((stall_after, 0, "stall"))
         if corrupt_at is not None and corrupt_at < end:
             events.append((corrupt_at, 1, "corrupt"))
+        # the effects are counted when they are decided, before any byte goes out: a client that
+        # leaves early cannot make a fault that landed inside its body look as if it had not
+        for _, _, kind in events:
+            self._effect("stall-after" if kind == "stall" else "corrupt-at")
+        if end < length:  # bytes withheld: the cut or the short body changes the response
+            self._effect("drop-after" if drop_after is not None and drop_after == end else "short-by")
         pos = 0
         for at, _, kind in sorted(events):
             if at > pos:
                 pos += self._send_span(body, offset + pos, at - pos)
             if kind == "stall":
-                self._effect("stall-after")  # bytes from here on are withheld
                 time.sleep(fault.stall or 0.0)
                 if self._peer_gone():  # the client gave up during the stall: nothing more reaches it
                     self._hang_up()
@@ -386,12 +391,9 @@ class _Handler(BaseHTTPRequestHandler):
             elif pos == at:
                 byte = body[at] if isinstance(body, bytes) else _pread(body, 1, offset + at)[0]
                 self._send_counted(b"", bytes([byte ^ 0xFF]))
-                self._effect("corrupt-at")
                 pos += 1
         if end > pos:
             self._send_span(body, offset + pos, end - pos)
-        if end < length:  # bytes withheld: the cut or the short body changed the response
-            self._effect("drop-after" if drop_after is not None and drop_after == end else "short-by")
         if hang_up:
             self._hang_up()
 
