@@ -40,20 +40,20 @@ CEREBRUM_CENTRE_UM = (6300.0, 3700.0, 0.0)
 CEREBRUM_RADII_UM = (4300.0, 3300.0, 4900.0)
 _POWER = 3.0
 _LAYERS = ("1", "2/3", "4", "5", "6a", "6b")
-#: Depth below the pia (um) where each cortical layer ends. Each layer is at least 110 um thick, more
-#: than a 100 um voxel, so a probe going down from the pia meets every one of them (layer 1 is about
-#: as thick as the real one, 6b thicker than the real one for that reason).
-LAYER_ENDS_UM = (110.0, 360.0, 490.0, 720.0, 940.0, 1050.0)
+#: Depth below the pia (um) where each cortical layer ends. Each layer is at least 150 um thick, more
+#: than the diagonal of a 100 um voxel's face (141 um), so a probe going down its column meets every
+#: one of them in the 100 um annotation (layers 1, 4 and 6b are thicker than the real ones for that).
+LAYER_ENDS_UM = (150.0, 400.0, 550.0, 750.0, 950.0, 1100.0)
 _CORTEX_END_UM = LAYER_ENDS_UM[-1]
 #: The white matter under the cortex (corpus callosum, external capsule, alveus) ends here.
-WHITE_MATTER_END_UM = 1200.0
+WHITE_MATTER_END_UM = 1250.0
 #: The dorsal hippocampus under it, in layers parallel to the pia, from the top: the CA fields'
 #: strata (oriens, pyramidal, radiatum, lacunosum-moleculare), then the dentate gyrus's upper blade
 #: (molecular, granule cell), its polymorph layer and its lower blade (granule cell, molecular):
 #: (layer, depth below the pia where it ends, um), in the real order.
 HIPPOCAMPAL_LAYERS_UM: tuple[tuple[str, float], ...] = (
-    ("so", 1320.0), ("sp", 1430.0), ("sr", 1680.0), ("slm", 1800.0), ("DG-mo", 1920.0),
-    ("DG-sg", 2030.0), ("DG-po", 2200.0), ("DG-sg", 2310.0), ("DG-mo", 2430.0))
+    ("so", 1400.0), ("sp", 1550.0), ("sr", 1750.0), ("slm", 1900.0), ("DG-mo", 2050.0),
+    ("DG-sg", 2200.0), ("DG-po", 2400.0), ("DG-sg", 2550.0), ("DG-mo", 2700.0))
 HIPPOCAMPUS_END_UM = HIPPOCAMPAL_LAYERS_UM[-1][1]
 
 
@@ -196,7 +196,7 @@ def annotation(resolution_um: int = BASE_RESOLUTION_UM) -> np.ndarray:
     --------
     >>> annotation(100).shape, annotation(200).shape
     ((132, 80, 114), (66, 40, 57))
-    >>> [acronym(s) for s in structure_at([[9400, 1600, 7550], [9400, 1600, 3850], [8000, 3000, 7300]])]
+    >>> [acronym(s) for s in structure_at([[9400, 1600, 7550], [9400, 1600, 3850], [8000, 3300, 7000]])]
     ['VISp5', 'VISp5', 'LP']
     """
     if resolution_um not in RESOLUTIONS_UM:
@@ -459,7 +459,7 @@ def _draw() -> np.ndarray:
 
     # thalamus (targets of the VBN probes: LP, LGd, LGv, MG, PoT, POL, SGN ...), placed by depth
     # below the hippocampus (in 100 um voxels, from the pia's depth), side by side across AP and LR
-    below = (dorsal_pia - HIPPOCAMPUS_END_UM) / res
+    below = np.minimum((dorsal_pia - HIPPOCAMPUS_END_UM) / res, 29.0)  # 29: the ventral half
     th = deep & ~hip & (out == ids["TH"])
     for name, ap_r, d_r, t_r in (
             ("AV", (6300, 6900), (300, 1200), (-4, 9)),
@@ -469,10 +469,11 @@ def _draw() -> np.ndarray:
             ("VPM", (6300, 7600), (800, 1700), (5, 19)),
             ("VPL", (6300, 7600), (1700, 2500), (5, 19)),
             ("RT", (6300, 7300), (2500, 2900), (-4, 21)),
-            ("LP", (7300, 8800), (700, 2100), (-4, 6)),
-            ("PoT", (7300, 8800), (700, 2100), (6, 30)),
-            ("LGd", (6700, 8800), (2100, 3000), (-4, 5)),
-            ("LGv", (6700, 8800), (2100, 3000), (5, 30)),
+            ("LP", (7300, 8800), (700, 1500), (-4, 6)),
+            ("PoT", (7300, 8800), (700, 1500), (6, 30)),
+            ("LGd", (6700, 8800), (1500, 2400), (-4, 5)),
+            ("LGv", (6700, 8800), (1500, 2400), (5, 30)),
+            ("POL", (7300, 8800), (2400, 3000), (-4, 30)),
             ("opt", (6500, 8800), (3000, 3300), (-4, 30)),
             ("Eth", (8000, 8600), (300, 700), (-4, 6)),
 ):
@@ -510,7 +511,7 @@ def _draw() -> np.ndarray:
             ("MGv", (8800, 9500), (2100, 3200), (5, 30)),
             ("NB", (9500, 10400), (2100, 3000), (-4, 6)),
             ("SGN", (9400, 10400), (2100, 3000), (6, 30))):
-        put(mb & _within(ap, *ap_r) & _within(d, *d_r) & _within(below, *t_r), name)
+        put(mb & _within(ap, *ap_r) & _within(d, *d_r) & _within(below, *t_r) & (dv < 4600), name)
     put(deep & ~hip & _within(ap, 7600, 8800) & _within(d, 0, 700) & _within(below, -4, 6), "NOT")
     put(deep & _within(ap, 8000, 9300) & _within(d, 200, 900) & _within(dv, 4400, 5200), "VTA")
     put(deep & _within(ap, 8000, 9300) & _within(d, 900, 2100) & _within(dv, 4400, 4700), "SNc")
@@ -532,9 +533,9 @@ def _draw() -> np.ndarray:
             for name in ("CA1", "CA2", "CA3"):
                 put(band & (field == name), f"{name}{layer}")
         upper = end
-    put(hip & _within(ap, 9500, 9700) & (pia <= 1800), "ProS")
+    put(hip & _within(ap, 9500, 9700) & (pia <= 1900), "ProS")
     put(hip & (ap >= 9700), "SUB")
-    put(deep & ~hip & _within(ap, 9900, 10400) & _within(d, 300, 3000) & (pia <= 1800), "POST")
+    put(deep & ~hip & _within(ap, 9900, 10400) & _within(d, 300, 3000) & (pia <= 1900), "POST")
 
     # -- white matter and cortex --------------------------------------------------------------------
     put(wm & (d_s < 2500) & _within(ap, 2600, 9900), "cc")
@@ -554,7 +555,7 @@ def _draw() -> np.ndarray:
                 leaf = f"{name}2/3" if suffix == "4" else leaf
             labels[(area == code) & (layer == k)] = ids[leaf]
     out[at] = labels
-    put(cortex & (theta_s >= 88) & _within(ap, 2600, 6800) & (pia > 800), "CLA")
+    put(cortex & (theta_s >= 88) & _within(ap, 2600, 6800) & (pia > 850), "CLA")
     put(deep & (theta >= 105) & (depth <= 7.0) & _within(ap, 2900, 6600) & (d > 2300), "EPd")
 
     out[~brain] = 0
