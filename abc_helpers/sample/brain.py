@@ -440,7 +440,7 @@ def _draw() -> np.ndarray:
     put(deep & _within(ap, 6300, 8800) & (dv < 4700), "TH")
     put(deep & _within(ap, 4700, 8800) & (dv >= 4700), "HY")
     put(deep & (ap >= 8800), "MB")
-    put(deep & _within(ap, 7600, 8800) & (d < 500) & (dv < 4700), "MB")
+    put(deep & _within(ap, 7600, 8800) & (d < 300) & (dv < 4700), "MB")
     # the dorsal hippocampus: the deep zone's top under the posterior cortex, in layers parallel
     # to the pia (labelled below)
     hip = (deep & _within(ap, 6400, 9900) & _within(d_s, 300, 3900) & (theta_s < 75)
@@ -465,9 +465,9 @@ def _draw() -> np.ndarray:
             ("AV", (6300, 6900), (300, 1200), (-4, 9)),
             ("LD", (6300, 7300), (800, 1800), (-4, 5)),
             ("MD", (6300, 7600), (0, 700), (-4, 13)),
-            ("PO", (6600, 7700), (400, 1500), (5, 11)),
-            ("VPM", (6300, 7600), (800, 1700), (5, 19)),
-            ("VPL", (6300, 7600), (1700, 2500), (5, 19)),
+            ("PO", (6600, 7700), (400, 1500), (0, 4)),
+            ("VPM", (6300, 7600), (800, 1700), (2, 30)),
+            ("VPL", (6300, 7600), (1700, 2500), (2, 30)),
             ("RT", (6300, 7300), (2500, 2900), (-4, 21)),
             ("LP", (7300, 8800), (700, 1500), (-4, 6)),
             ("PoT", (7300, 8800), (700, 1500), (6, 30)),
@@ -509,10 +509,12 @@ def _draw() -> np.ndarray:
             ("RN", (8700, 9300), (300, 900), (15, 20)),
             ("MGd", (8800, 9500), (2100, 3200), (-4, 5)),
             ("MGv", (8800, 9500), (2100, 3200), (5, 30)),
+            ("MGm", (8800, 9500), (1800, 2100), (-4, 30)),
+            ("PIL", (8800, 9500), (1500, 1800), (-4, 30)),
             ("NB", (9500, 10400), (2100, 3000), (-4, 6)),
             ("SGN", (9400, 10400), (2100, 3000), (6, 30))):
         put(mb & _within(ap, *ap_r) & _within(d, *d_r) & _within(below, *t_r) & (dv < 4600), name)
-    put(deep & ~hip & _within(ap, 7600, 8800) & _within(d, 0, 700) & _within(below, -4, 6), "NOT")
+    put(deep & ~hip & _within(ap, 7600, 8800) & _within(d, 0, 300) & _within(below, -4, 6), "NOT")
     put(deep & _within(ap, 8000, 9300) & _within(d, 200, 900) & _within(dv, 4400, 5200), "VTA")
     put(deep & _within(ap, 8000, 9300) & _within(d, 900, 2100) & _within(dv, 4400, 4700), "SNc")
     put(deep & _within(ap, 8000, 9300) & _within(d, 900, 2100) & _within(dv, 4700, 5300), "SNr")
