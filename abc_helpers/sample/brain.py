@@ -1,19 +1,32 @@
 """The one synthetic mouse brain of the sample world: a CCF annotation every dataset is drawn from.
 
-The geometry is **synthetic**: superellipsoids, layers by depth below the surface and boxes in
-CCF micrometres, drawn to look roughly like a mouse brain. What is real: the structure ids,
-acronyms, names and the tree (``data/allen_structure_tree.csv``, the Allen CCFv3 ontology), the
-CCF extent (AP 13200, DV 8000, LR 11400 um), the axis order ``[AP, DV, LR]`` (anterior to
-posterior, dorsal to ventral, left to right, as the Allen ``annotation_<res>.nrrd`` read with
-pynrrd), and the Allen convention that voxel ``i`` of a volume at resolution ``r`` sits at CCF
-coordinate ``i * r`` um.
+The geometry is **synthetic**: superellipsoids and boxes in CCF micrometres, drawn to look roughly
+like a mouse brain, with the topology of the real one along the VBN probes. What is real: the
+structure ids, acronyms, names and the tree (``data/allen_structure_tree.csv``, the Allen CCFv3
+ontology), the CCF extent (AP 13200, DV 8000, LR 11400 um), the axis order ``[AP, DV, LR]``
+(anterior to posterior, dorsal to ventral, left to right, as the Allen ``annotation_<res>.nrrd``
+read with pynrrd), and the Allen convention that voxel ``i`` of a volume at resolution ``r`` sits
+at CCF coordinate ``i * r`` um. No real CCF annotation is used: none is shipped inside a package
+that installs offline here (the Allen CCF annotation is downloaded at run time by the AllenSDK,
+brainglobe and iblatlas, under the Allen Institute terms of use).
+
+The cerebrum's cortex, white matter and dorsal hippocampus lie in layers parallel to the pia, by a
+smooth depth below it (:func:`pia_depth_um`, in each coronal plane); each cortical voxel takes the
+area of its foot on the pia (:func:`pia_foot`), so areas are side by side, in straight columns,
+never stacked. From the pia down: the isocortex's layers 1, 2/3, 4, 5, 6a, 6b
+(:data:`LAYER_ENDS_UM`), white matter (``cc``, ``ec``, ``alv``), the CA fields' strata oriens,
+pyramidale, radiatum, lacunosum-moleculare and the dentate gyrus's molecular, granule cell,
+polymorph, granule cell and molecular layers (:data:`HIPPOCAMPAL_LAYERS_UM`), then the thalamus or
+the midbrain, nuclei side by side. A probe going down a column (:func:`pia_entry`) meets them in
+that order.
 
 The brain is defined once at 100 um (``[132, 80, 114]``, uint32 structure ids, 0 outside the brain,
-left and right hemispheres mirror images about LR 5700 um) and sampled at coarser resolutions:
-:func:`annotation` ``(200)`` is the ABC ``Allen-CCF-2020`` sample volume (66 x 40 x 57) and,
-padded to 67 x 41 x 58, the Allen Mouse Brain Atlas ISH grid annotation. The VBN probe tracks, the
-MERFISH cells and the ISH expression patterns of the sample world are all drawn from it, so the
-datasets agree with each other where the real ones do.
+left and right hemispheres mirror images about LR 5700 um) and sampled at coarser resolutions.
+The ABC ``Allen-CCF-2020`` sample volume is the 100 um brain itself, the very volume the VBN
+channels are labelled on (as the real channels are labelled on the CCF annotation ABC serves);
+:func:`annotation` ``(200)``, padded to 67 x 41 x 58, is the Allen Mouse Brain Atlas ISH grid
+annotation. The VBN probe tracks, the MERFISH cells and the ISH expression patterns of the sample
+world are all drawn from it, so the datasets agree with each other where the real ones do.
 """
 
 from __future__ import annotations
