@@ -174,13 +174,15 @@ def _hex(rgb: Sequence[float]) -> str:
 
 
 def structure_colors(acronyms: Iterable[str], tree: StructureTree, *, distinct: bool = True,
-                     missing: str = "#bbbbbb") -> dict[str, str]:
+                     missing: str = "#999999") -> dict[str, str]:
     """Return each structure's ontology colour (``color_hex_triplet``) as ``"#rrggbb"``.
 
     The ontology gives neighbours of one family the same colour (every visual area is ``08858C``,
     CA1, CA3 and DG are ``7ED04B``). With *distinct*, structures that would share a colour in this
     figure get shades of it instead (lighter and darker, same hue), so a legend stays usable and the
-    colours still say "visual cortex" or "hippocampus".
+    colours still say "visual cortex" or "hippocampus". The first of them in the ontology's order
+    keeps the colour itself; pass one figure's (or one chapter's) structures at once so every plot
+    gives a structure the same shade.
 
     Parameters
     ----------
@@ -191,8 +193,8 @@ def structure_colors(acronyms: Iterable[str], tree: StructureTree, *, distinct: 
     distinct : bool
         Shade structures that share an ontology colour, so no two are equal.
     missing : str
-        The colour of an acronym the tree does not know (e.g. a dataset's ``"unknown"``); several
-        such acronyms are shaded apart too.
+        The colour of an acronym the tree does not know (e.g. a dataset's ``"unknown"``) and of
+        ``root`` (white in the ontology); several such acronyms are shaded apart too.
 
     Returns
     -------
@@ -209,11 +211,12 @@ def structure_colors(acronyms: Iterable[str], tree: StructureTree, *, distinct: 
     3
     """
     names = list(dict.fromkeys(acronyms))
-    base = {a: ("#" + tree[a].color_hex_triplet.lower()) if a in tree else missing.lower() for a in names}
+    base = {a: _ontology_colour(a, tree, missing) for a in names}
     if not distinct:
         return base
+    graph_order = {s.acronym: k for k, s in enumerate(tree)}
     groups: dict[str, list[str]] = {}
-    for a in names:
+    for a in sorted(names, key=lambda a: (graph_order.get(a, len(graph_order)), a)):  # stable shades
         groups.setdefault(base[a], []).append(a)
     out = dict(base)
     for colour, members in groups.items():
@@ -231,6 +234,13 @@ def structure_colors(acronyms: Iterable[str], tree: StructureTree, *, distinct: 
         out[a] = c
         used.add(c)
     return out
+
+
+def _ontology_colour(acronym: str, tree: StructureTree, missing: str) -> str:
+    """The ontology's colour, or *missing* for an unknown acronym or white (``root``: invisible on a page)."""
+    if acronym not in tree or tree[acronym].color_hex_triplet.upper() == "FFFFFF":
+        return missing.lower()
+    return "#" + tree[acronym].color_hex_triplet.lower()
 
 
 def _rgb(colour: str) -> tuple[float, float, float]:
@@ -319,7 +329,7 @@ def _extent(shape: Sequence[int], resolution_um: float, unit: str) -> tuple[floa
 
 def show_section(ax: Any, plane: Any, resolution_um: float, view: View = "coronal", *,
                  tree: StructureTree | None = None, unit: str = "mm", labels: bool = False,
-                 boundaries: bool = True, min_voxels: int = 12, cmap: Any = "magma",
+                 boundaries: bool = True, min_voxels: int | None = None, cmap: Any = "magma",
                  **imshow_kwargs: Any) -> Any:
     """Draw a section in the book's orientation, its axes named in mm (or µm) from the CCF corner.
 
@@ -339,8 +349,8 @@ def show_section(ax: Any, plane: Any, resolution_um: float, view: View = "corona
         With *tree*: write each region's acronym on it (:func:`label_regions`).
     boundaries : bool
         With *tree*: draw the edges between structures as thin grey lines.
-    min_voxels : int
-        With *labels*: the smallest region that gets a label.
+    min_voxels : int, optional
+        With *labels*: the smallest region that gets a label (:func:`label_regions`).
     cmap : str or Colormap
         Without *tree*: the colour map of the values.
     **imshow_kwargs
@@ -413,21 +423,20 @@ def _draw_boundaries(ax: Any, ids: np.ndarray, extent: tuple[float, float, float
     left, right, bottom, top = extent
     rows, cols = ids.shape
     dx, dy = (right - left) / cols, (bottom - top) / rows
-    segments = []
     r, c = np.nonzero(ids[:, 1:] != ids[:, :-1])  # vertical edges between columns c and c + 1
-    for ri, ci in zip(r, c, strict=True):
-        x = left + (ci + 1) * dx
-        segments.append(((x, top + ri * dy), (x, top + (ri + 1) * dy)))
+    x = left + (c + 1) * dx
+    vertical = np.stack([np.c_[x, top + r * dy], np.c_[x, top + (r + 1) * dy]], axis=1)
     r, c = np.nonzero(ids[1:, :] != ids[:-1, :])  # horizontal edges between rows r and r + 1
-    for ri, ci in zip(r, c, strict=True):
-        y = top + (ri + 1) * dy
-        segments.append(((left + ci * dx, y), (left + (ci + 1) * dx, y)))
-    if segments:
-        ax.add_collection(LineCollection(segments, colors="#555555", linewidths=0.3, alpha=0.6))
+    y = top + (r + 1) * dy
+    horizontal = np.stack([np.c_[left + c * dx, y], np.c_[left + (c + 1) * dx, y]], axis=1)
+    segments = np.concatenate([vertical, horizontal])
+    if len(segments):
+        ax.add_collection(LineCollection(list(segments), colors="#555555", linewidths=0.3, alpha=0.6))
 
 
 def label_regions(ax: Any, plane: Any, resolution_um: float, tree: StructureTree, *, unit: str = "mm",
-                  min_voxels: int = 12, fontsize: float = 7, min_spacing: float = 0.045) -> list[Any]:
+                  min_voxels: int | None = None, min_fraction: float = 0.003, fontsize: float = 7,
+                  min_spacing: float = 0.045) -> list[Any]:
     """Write each region's acronym on a section drawn by :func:`show_section`.
 
     A region's label sits on its voxel nearest the region's centroid (so a curved region is
@@ -443,8 +452,11 @@ def label_regions(ax: Any, plane: Any, resolution_um: float, tree: StructureTree
     tree : StructureTree
     unit : {"mm", "µm"}
         As drawn.
-    min_voxels : int
-        The smallest region labelled, in voxels of the plane.
+    min_voxels : int, optional
+        The smallest region labelled, in voxels of the plane; by default *min_fraction* of the
+        plane's voxels inside the brain (so the same at every resolution).
+    min_fraction : float
+        Without *min_voxels*: the smallest region labelled, as a fraction of the brain's voxels.
     fontsize : float
     min_spacing : float
         The least distance between two labels, as a fraction of the plot's width.
@@ -459,6 +471,8 @@ def label_regions(ax: Any, plane: Any, resolution_um: float, tree: StructureTree
     left, right, bottom, top = _extent(ids.shape, resolution_um, unit)
     step_x, step_y = (right - left) / ids.shape[1], (bottom - top) / ids.shape[0]
     values, counts = np.unique(ids[ids != 0], return_counts=True)
+    if min_voxels is None:
+        min_voxels = max(1, round(min_fraction * counts.sum()))
     placed: list[tuple[float, float]] = []
     texts = []
     spacing = min_spacing * (right - left)
