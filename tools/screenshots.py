@@ -3,7 +3,8 @@
 Usage: ``python tools/screenshots.py [--html _build/html] [--out _build/screenshots] [--width 1280]``;
 ``make screenshots`` runs it after ``make book``. The built HTML is served on loopback and opened in
 headless Chromium (Debian's ``chromium`` and ``chromium-driver``, driven by selenium); each page of
-``_toc.yml`` is saved as ``<out>/<page>.png`` once it has loaded and its images are decoded. For
+``_toc.yml`` is saved as ``<out>/<page>.png`` once it has loaded and its images are decoded, and
+each captioned figure, with its caption, as ``<out>/<page>--<figure name>.png``. For
 each page it prints the figures, how many have a caption and real alt text (not the image's file
 name), so a missing caption shows without opening the pictures.
 """
@@ -47,8 +48,11 @@ def pages(toc_path: Path) -> list[str]:
 
 def serve(directory: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
     """Serve *directory* on a free loopback port; return the server and its base URL."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
-    handler.log_message = lambda *_args: None  # type: ignore[method-assign]
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *_args: object) -> None:  # no line per request
+            pass
+
+    handler = functools.partial(Quiet, directory=str(directory))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"
@@ -100,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
             partial = target.with_suffix(".png.part")
             partial.write_bytes(chrome.get_screenshot_as_png())
             partial.replace(target)  # never a half-written picture at the final path
+            from selenium.webdriver.common.by import By
+
+            for figure in chrome.find_elements(By.CSS_SELECTOR, "main figure[id]"):
+                shot = args.out / f"{Path(page).name}--{figure.get_attribute('id')}.png"
+                shot.with_suffix(".png.part").write_bytes(figure.screenshot_as_png)
+                shot.with_suffix(".png.part").replace(shot)
             print(f"{target.relative_to(args.out.parent) if args.out.is_relative_to(ROOT) else target}: "
                   f"{info['title']!r}, {info['images']} figures, {info['captioned']} captioned, "
                   f"{info['alt']} with alt text, {info['broken']} broken")
