@@ -76,3 +76,9 @@ $(ALLENSDK_VENV)/.installed:
 fidelity: $(STAMP) $(ALLENSDK_VENV)/.installed
 	$(PY) -m pytest tests/fidelity/test_fidelity_allensdk.py -q -p no:cacheprovider
 .PHONY: fidelity
+
+## Full-page screenshots of every page of the built book (run `make book` first) in _build/screenshots/,
+## with each page's count of figures, captions and alt texts.
+screenshots: $(STAMP)
+	$(PY) tools/screenshots.py --html _build/html --out _build/screenshots
+.PHONY: screenshots

@@ -1,7 +1,8 @@
 """abc_helpers: thin, fast and reliable helpers for Allen Institute open data.
 
 All public names are importable from here; please do not import from submodules, which may move.
-The CCF coordinates and structures are one module of their own: ``from abc_helpers import ccf``.
+The CCF coordinates and structures are one module of their own: ``from abc_helpers import ccf``;
+so is the book's figure style (needs matplotlib, the ``book`` extra): ``from abc_helpers import plots``.
 """
 
 from .cache import (

@@ -13,7 +13,7 @@ Everything written here is **synthetic**, shaped like the real bucket:
   table and the two ``views/`` tables (``example_genes_all_cells_expression`` equals the log2
   matrices);
 - the WMB taxonomy (real 34 classes and 10 neurotransmitter terms, ~200 clusters), the
-  WMB-neighborhoods UMAPs, the Allen CCF volumes at 200 um drawn from the sample world's one
+  WMB-neighborhoods UMAPs, the Allen CCF volumes at 100 um drawn from the sample world's one
   synthetic brain (:mod:`.brain`, real structure ids), and a small MERFISH experiment in it.
 
 See :mod:`.abc_taxonomy`, :mod:`.abc_cells`, :mod:`.abc_ccf` and :mod:`.abc_merfish` for how each
@@ -33,6 +33,7 @@ import pandas as pd
 
 from ..sources import ABC_BUCKET
 from .abc_ccf import (
+    SECTION_THICKNESS_MM,
     SECTIONS,
     SPACING_MM,
     boundary,
@@ -289,7 +290,7 @@ class _World:
         # one 2-D slice of the CCF per section, stacked in reconstructed space [z, y=DV, x=LR]
         ap_index = [section_index(ap) for _, ap in SECTIONS]
         annotation = np.ascontiguousarray(self.annotation[ap_index])  # [section, DV, LR]
-        spacing = (SPACING_MM,) * 3
+        spacing = (SPACING_MM, SPACING_MM, SECTION_THICKNESS_MM)  # x = LR, y = DV, z = section
         return {
             "resampled_annotation.nii.gz": nii_gz_bytes(annotation, spacing, self.scratch),
             "resampled_annotation_boundary.nii.gz": nii_gz_bytes(

@@ -1,10 +1,12 @@
-"""The ABC generator's ``Allen-CCF-2020`` files (200 um volumes, parcellation tables) from the sample brain.
+"""The ABC generator's ``Allen-CCF-2020`` files (100 um volumes, parcellation tables) from the sample brain.
 
-The annotation is the sample world's one synthetic brain (:mod:`.brain`) sampled at 200 um: voxel
-``[i, j, k]`` at CCF (AP, DV, LR) = ``(i, j, k) * 200`` um, SimpleITK x = AP, y = DV, z = LR with
-spacing in mm, as the real ``annotation_10.nii.gz`` is at 10 um. Its values are
-``parcellation_index`` values (row numbers of the real structure tree), 0 outside the brain. The
-MERFISH cells (:mod:`.abc_merfish`) sit in 8 coronal sections of it.
+The annotation is the sample world's one synthetic brain (:mod:`.brain`) at the resolution it is
+drawn at, 100 um: the very volume the VBN channels are labelled on (:mod:`.vbn`), so a channel's
+structure is the annotation at its coordinate, as on the real data, where both come from the same
+CCF annotation. Voxel ``[i, j, k]`` at CCF (AP, DV, LR) = ``(i, j, k) * 100`` um, SimpleITK x = AP,
+y = DV, z = LR with spacing in mm, as the real ``annotation_10.nii.gz`` is at 10 um. Its values
+are ``parcellation_index`` values (row numbers of the real structure tree), 0 outside the brain.
+The MERFISH cells (:mod:`.abc_merfish`) sit in 16 coronal sections of it, 600 um apart.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import pandas as pd
 
 from . import brain
 
-#: Voxel size of the sample's ABC CCF volumes (the real ones are 10 um).
-RESOLUTION_UM = 200
+#: Voxel size of the sample's ABC CCF volumes (the real ones are 10 um): the sample brain's own.
+RESOLUTION_UM = brain.BASE_RESOLUTION_UM
 SPACING_MM = RESOLUTION_UM / 1000
+#: Thickness of a MERFISH section (mm): the z step of the reconstructed coordinates and volumes.
+SECTION_THICKNESS_MM = 0.2
 
 #: Division acronym -> the region key of the 10x class mix (abc_cells.REGION_CLASSES).
 DIVISION_REGION = {"Isocortex": "Isocortex", "OLF": "OLF", "HPF": "HPF", "CTXsp": "CTXsp",
@@ -37,12 +41,12 @@ def structure_tree() -> pd.DataFrame:
 
 
 def build_annotation() -> np.ndarray:
-    """Return the ABC annotation volume: the sample brain at 200 um as ``parcellation_index`` values.
+    """Return the ABC annotation volume: the sample brain at 100 um as ``parcellation_index`` values.
 
     Returns
     -------
     numpy.ndarray
-        ``uint32``, indexed ``[AP, DV, LR]`` (66 x 40 x 57); 0 outside the brain.
+        ``uint32``, indexed ``[AP, DV, LR]`` (132 x 80 x 114); 0 outside the brain.
     """
     ids = brain.annotation(RESOLUTION_UM)
     values, inverse = np.unique(ids, return_inverse=True)
@@ -207,11 +211,11 @@ def division_of_index(tree: pd.DataFrame, annotation: np.ndarray) -> dict[int, s
     return out
 
 
-#: AP positions (mm, on the 200 um grid, every 600 um) of the 16 MERFISH sections and their real-style labels.
+#: AP positions (mm, on the voxel grid, every 600 um) of the 16 MERFISH sections and their real-style labels.
 SECTIONS = tuple((f"C57BL6J-638850.{round(5 + (ap - 2.0) / 0.2):02d}", round(ap, 1))
                  for ap in np.arange(1.4, 10.7, 0.6))
 
 
 def section_index(ap_mm: float) -> int:
-    """Return the AP voxel index (200 um volumes) of a section at *ap_mm*."""
+    """Return the AP voxel index (in the ABC volumes) of a section at *ap_mm*."""
     return int(np.floor(ap_mm / SPACING_MM + 0.5))

@@ -1,6 +1,6 @@
 """A small synthetic MERFISH experiment (C57BL6J-638850) placed in the sample brain's ABC CCF.
 
-Cells sit in 8 coronal sections of the 200 um ABC annotation (:mod:`.abc_ccf`); each cell's CCF
+Cells sit in 16 coronal sections of the 100 um ABC annotation (:mod:`.abc_ccf`); each cell's CCF
 coordinates (mm; x = AP, y = DV, z = LR, as the real ``ccf_coordinates.csv``) fall in the voxel
 whose ``parcellation_index`` the cell carries. Its cell type is drawn from the 10x class mix of
 the brain division it falls in (:data:`.abc_cells.REGION_CLASSES`, the same mix as the 10x cells
@@ -14,12 +14,19 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .abc_ccf import DIVISION_REGION, SECTIONS, SPACING_MM, division_of_index, section_index
+from .abc_ccf import (
+    DIVISION_REGION,
+    SECTION_THICKNESS_MM,
+    SECTIONS,
+    SPACING_MM,
+    division_of_index,
+    section_index,
+)
 from .abc_cells import FEATURED_GENES, PANEL_GENES, REGION_CLASSES, sample_counts
 from .abc_taxonomy import Taxonomy
 
 MATRIX_LABEL = "C57BL6J-638850"
-#: Cells per section: the sections are 200 um voxel planes, so small ones hold several cells per voxel.
+#: Cells per section: the sections are planes of 100 um voxels, a few hundred to a few thousand each.
 CELLS_PER_SECTION = 1000
 PANEL_SIZE = 120
 _NON_NEURONAL = {30: 0.35, 31: 0.45, 33: 0.12, 34: 0.08}
@@ -68,7 +75,7 @@ def build_merfish(taxonomy: Taxonomy, annotation: np.ndarray, tree: pd.DataFrame
                                    + rng.uniform(-half, half, size=3))
             rows.append({"brain_section_label": section, "cluster_alias": int(alias),
                          "ap": ap_mm, "dv": dv_mm, "lr": lr_mm,
-                         "z_section": z_index * SPACING_MM, "parcellation_index": idx})
+                         "z_section": z_index * SECTION_THICKNESS_MM, "parcellation_index": idx})
     cells = pd.DataFrame(rows)
     n = len(cells)
     serial = rng.integers(10**17, 10**18, size=n)

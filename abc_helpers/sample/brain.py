@@ -1,19 +1,32 @@
 """The one synthetic mouse brain of the sample world: a CCF annotation every dataset is drawn from.
 
-The geometry is **synthetic**: superellipsoids, layers by depth below the surface and boxes in
-CCF micrometres, drawn to look roughly like a mouse brain. What is real: the structure ids,
-acronyms, names and the tree (``data/allen_structure_tree.csv``, the Allen CCFv3 ontology), the
-CCF extent (AP 13200, DV 8000, LR 11400 um), the axis order ``[AP, DV, LR]`` (anterior to
-posterior, dorsal to ventral, left to right, as the Allen ``annotation_<res>.nrrd`` read with
-pynrrd), and the Allen convention that voxel ``i`` of a volume at resolution ``r`` sits at CCF
-coordinate ``i * r`` um.
+The geometry is **synthetic**: superellipsoids and boxes in CCF micrometres, drawn to look roughly
+like a mouse brain, with the topology of the real one along the VBN probes. What is real: the
+structure ids, acronyms, names and the tree (``data/allen_structure_tree.csv``, the Allen CCFv3
+ontology), the CCF extent (AP 13200, DV 8000, LR 11400 um), the axis order ``[AP, DV, LR]``
+(anterior to posterior, dorsal to ventral, left to right, as the Allen ``annotation_<res>.nrrd``
+read with pynrrd), and the Allen convention that voxel ``i`` of a volume at resolution ``r`` sits
+at CCF coordinate ``i * r`` um. No real CCF annotation is used: none is shipped inside a package
+that installs offline here (the Allen CCF annotation is downloaded at run time by the AllenSDK,
+brainglobe and iblatlas, under the Allen Institute terms of use).
+
+The cerebrum's cortex, white matter and dorsal hippocampus lie in layers parallel to the pia, by a
+smooth depth below it (:func:`pia_depth_um`, in each coronal plane); each cortical voxel takes the
+area of its foot on the pia (:func:`pia_foot`), so areas are side by side, in straight columns,
+never stacked. From the pia down: the isocortex's layers 1, 2/3, 4, 5, 6a, 6b
+(:data:`LAYER_ENDS_UM`), white matter (``cc``, ``ec``, ``alv``), the CA fields' strata oriens,
+pyramidale, radiatum, lacunosum-moleculare and the dentate gyrus's molecular, granule cell,
+polymorph, granule cell and molecular layers (:data:`HIPPOCAMPAL_LAYERS_UM`), then the thalamus or
+the midbrain, nuclei side by side. A probe going down a column (:func:`pia_entry`) meets them in
+that order.
 
 The brain is defined once at 100 um (``[132, 80, 114]``, uint32 structure ids, 0 outside the brain,
-left and right hemispheres mirror images about LR 5700 um) and sampled at coarser resolutions:
-:func:`annotation` ``(200)`` is the ABC ``Allen-CCF-2020`` sample volume (66 x 40 x 57) and,
-padded to 67 x 41 x 58, the Allen Mouse Brain Atlas ISH grid annotation. The VBN probe tracks, the
-MERFISH cells and the ISH expression patterns of the sample world are all drawn from it, so the
-datasets agree with each other where the real ones do.
+left and right hemispheres mirror images about LR 5700 um) and sampled at coarser resolutions.
+The ABC ``Allen-CCF-2020`` sample volume is the 100 um brain itself, the very volume the VBN
+channels are labelled on (as the real channels are labelled on the CCF annotation ABC serves);
+:func:`annotation` ``(200)``, padded to 67 x 41 x 58, is the Allen Mouse Brain Atlas ISH grid
+annotation. The VBN probe tracks, the MERFISH cells and the ISH expression patterns of the sample
+world are all drawn from it, so the datasets agree with each other where the real ones do.
 """
 
 from __future__ import annotations
@@ -35,11 +48,26 @@ MIDLINE_UM = 5700
 RESOLUTIONS_UM = (100, 200, 400)
 
 _TREE = Path(__file__).with_name("data") / "allen_structure_tree.csv"
+#: The cerebrum: a superellipsoid (centre and radii in um, AP, DV, LR-from-the-midline; power 3).
+CEREBRUM_CENTRE_UM = (6300.0, 3700.0, 0.0)
+CEREBRUM_RADII_UM = (4300.0, 3300.0, 4900.0)
+_POWER = 3.0
 _LAYERS = ("1", "2/3", "4", "5", "6a", "6b")
-#: Depth (in 100 um voxels, from the Euclidean distance transform) where each layer ends.
-_LAYER_ENDS = (1.5, 3.7, 5.0, 7.5, 9.7, 10.5)
-_CORTEX_END = 10.5
-_WHITE_MATTER_END = 11.6
+#: Depth below the pia (um) where each cortical layer ends. Each layer is at least 150 um thick, more
+#: than the diagonal of a 100 um voxel's face (141 um), so a probe going down its column meets every
+#: one of them in the 100 um annotation (layers 1, 4 and 6b are thicker than the real ones for that).
+LAYER_ENDS_UM = (150.0, 400.0, 550.0, 750.0, 950.0, 1100.0)
+_CORTEX_END_UM = LAYER_ENDS_UM[-1]
+#: The white matter under the cortex (corpus callosum, external capsule, alveus) ends here.
+WHITE_MATTER_END_UM = 1250.0
+#: The dorsal hippocampus under it, in layers parallel to the pia, from the top: the CA fields'
+#: strata (oriens, pyramidal, radiatum, lacunosum-moleculare), then the dentate gyrus's upper blade
+#: (molecular, granule cell), its polymorph layer and its lower blade (granule cell, molecular):
+#: (layer, depth below the pia where it ends, um), in the real order.
+HIPPOCAMPAL_LAYERS_UM: tuple[tuple[str, float], ...] = (
+    ("so", 1400.0), ("sp", 1550.0), ("sr", 1750.0), ("slm", 1900.0), ("DG-mo", 2050.0),
+    ("DG-sg", 2200.0), ("DG-po", 2400.0), ("DG-sg", 2550.0), ("DG-mo", 2700.0))
+HIPPOCAMPUS_END_UM = HIPPOCAMPAL_LAYERS_UM[-1][1]
 
 
 # -- the real structure tree ---------------------------------------------------------------------
@@ -120,15 +148,16 @@ def _descendants(sid: int) -> frozenset[int]:
 
 
 #: Structures whose children in the annotation are layers or parts, not structures of their own.
-_LAYERED = ("DG", "CBX")
+_LAYERED = ("DG", "CBX", "CA1", "CA2", "CA3")
 _CORTICAL_LAYERS = ("1", "2", "2/3", "3", "4", "4/5", "5", "6a", "6b")
 
 
 def structure_level(structure: int) -> int:
     """Return the structure a layer belongs to, or *structure* itself (0 stays 0).
 
-    Cortical layers give their area (``VISp5`` -> ``VISp``), the dentate gyrus's layers ``DG``
-    and the cerebellar cortex's layers ``CBX``: the level the ABC parcellation calls
+    Cortical layers give their area (``VISp5`` -> ``VISp``), the dentate gyrus's layers ``DG``,
+    the CA fields' strata their field (``CA1sp`` -> ``CA1``) and the cerebellar cortex's layers
+    ``CBX``: the level the ABC parcellation calls
     ``structure`` (its ``substructure`` is the annotation's own leaf) and the level the real VBN
     tables name channels by.
     """
@@ -180,7 +209,7 @@ def annotation(resolution_um: int = BASE_RESOLUTION_UM) -> np.ndarray:
     --------
     >>> annotation(100).shape, annotation(200).shape
     ((132, 80, 114), (66, 40, 57))
-    >>> [acronym(s) for s in structure_at([[9400, 1600, 7550], [9400, 1600, 3850], [8000, 3000, 7300]])]
+    >>> [acronym(s) for s in structure_at([[9400, 1600, 7550], [9400, 1600, 3850], [8000, 3300, 7000]])]
     ['VISp5', 'VISp5', 'LP']
     """
     if resolution_um not in RESOLUTIONS_UM:
@@ -241,6 +270,88 @@ def present_structures() -> list[str]:
     return tree.loc[tree["id"].isin(ids), "acronym"].tolist()
 
 
+# -- the pia: depth below it, its foot on the pia, the column through it ---------------------------
+def _coronal_radii(ap) -> tuple[np.ndarray, np.ndarray]:
+    """Return the DV and LR half-axes (um) of the cerebrum's coronal outline at *ap* (0 outside)."""
+    u_ap = np.abs(np.asarray(ap, float) - CEREBRUM_CENTRE_UM[0]) / CEREBRUM_RADII_UM[0]
+    scale = np.cbrt(np.clip(1.0 - u_ap ** _POWER, 0.0, None))
+    return CEREBRUM_RADII_UM[1] * scale, CEREBRUM_RADII_UM[2] * scale
+
+
+def pia_depth_um(ap, dv, d) -> np.ndarray:
+    """Return the depth (um) of points of the cerebrum below its pia, in their coronal plane.
+
+    Each coronal section of the cerebrum is a superellipse; a point's depth is the *t* that
+    shrinks its half-axes to ``R - t`` and puts the point on the shrunk outline: the pia's
+    parallel curves (exact over the dorsal top and the sides), so that layers drawn by depth follow
+    the pia. *d* is the distance from the midline (um). Solved by bisection, vectorised.
+    """
+    r_dv, r_lr = _coronal_radii(ap)
+    x_dv = np.abs(np.asarray(dv, float) - CEREBRUM_CENTRE_UM[1])
+    x_lr = np.abs(np.asarray(d, float))
+    x_dv, x_lr, r_dv, r_lr = np.broadcast_arrays(x_dv, x_lr, r_dv, r_lr)
+    lo = np.full(x_dv.shape, -3000.0)
+    hi = np.minimum(r_dv, r_lr) - 1e-6
+    for _ in range(40):
+        t = (lo + hi) / 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inside = (x_dv / (r_dv - t)) ** _POWER + (x_lr / (r_lr - t)) ** _POWER <= 1.0
+        lo = np.where(inside, t, lo)
+        hi = np.where(inside, hi, t)
+    return (lo + hi) / 2
+
+
+def pia_foot(ap, dv, d, depth_um) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the foot on the pia (AP, DV, d um) of points at *depth_um*: their cortical column's top.
+
+    A column is the straight line, in a coronal plane, of the points
+    ``c + (foot - c) * (R - t) / R`` for depths *t*: every point of it has the same foot, so
+    the same cortical area.
+    """
+    r_dv, r_lr = _coronal_radii(ap)
+    foot_dv = CEREBRUM_CENTRE_UM[1] + (np.asarray(dv, float) - CEREBRUM_CENTRE_UM[1]) * r_dv / (r_dv - depth_um)
+    foot_d = np.asarray(d, float) * r_lr / (r_lr - depth_um)
+    return np.asarray(ap, float) + 0 * foot_dv, foot_dv, foot_d
+
+
+def pia_entry(ap_um: np.ndarray | float, lr_um: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """Return the point of the dorsal pia above (AP, LR) and the unit direction up its column.
+
+    Parameters
+    ----------
+    ap_um, lr_um : array_like
+        CCF AP and LR (um) of entry points over the dorsal cerebrum.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(n, 3)`` points (AP, DV, LR) um on the pia, and ``(n, 3)`` unit vectors (AP, DV, LR)
+        pointing out of the brain along the cortical column there (in the coronal plane, nearly
+        perpendicular to the pia): a probe going down ``-up`` from the entry stays in one column,
+        meeting the layers in order.
+
+    Raises
+    ------
+    ValueError
+        If a point (AP, LR) is not over the cerebrum.
+    """
+    ap = np.atleast_1d(np.asarray(ap_um, float))
+    lr = np.atleast_1d(np.asarray(lr_um, float))
+    r_dv, r_lr = _coronal_radii(ap)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u_lr = (lr - MIDLINE_UM) / r_lr
+    rest = 1.0 - np.abs(u_lr) ** _POWER
+    if np.any(~(rest > 0)) or np.any(r_dv <= 0):
+        msg = ("An entry point (AP, LR) is not over the sample cerebrum "
+               f"(AP {CEREBRUM_CENTRE_UM[0]:g} +- {CEREBRUM_RADII_UM[0]:g} um): pick one over the dorsal cortex.")
+        raise ValueError(msg)
+    u_dv = -np.cbrt(rest)
+    dv = CEREBRUM_CENTRE_UM[1] + r_dv * u_dv
+    up = np.column_stack([np.zeros_like(ap), u_dv, u_lr])  # d(point)/d(-depth) along the column
+    up /= np.linalg.norm(up, axis=1, keepdims=True)
+    return np.column_stack([ap, dv, lr]), up
+
+
 # -- drawing -------------------------------------------------------------------------------------
 def _superellipsoid(a, d, lr, centre, radii, power) -> np.ndarray:
     return sum(np.abs((x - c) / r) ** p for x, c, r, p in zip((a, d, lr), centre, radii, power,
@@ -269,7 +380,7 @@ def _draw() -> np.ndarray:
         out[np.broadcast_to(where, out.shape)] = ids[name]
 
     # -- the outline: cerebrum, olfactory bulbs, cerebellum, brainstem ----------------------------
-    cerebrum = _superellipsoid(ap, dv, d, (6300, 3700, 0), (4300, 3300, 4900), (3, 3, 3))
+    cerebrum = _superellipsoid(ap, dv, d, CEREBRUM_CENTRE_UM, CEREBRUM_RADII_UM, (_POWER,) * 3)
     bulb = _superellipsoid(ap, dv, d, (1500, 3400, 950), (1400, 1500, 900), (2, 2, 2)) & (ap < 2800)
     cerebellum = _superellipsoid(ap, dv, d, (11400, 3000, 0), (1700, 2100, 4000), (2.5, 2.5, 2.5))
     cerebellum &= ~cerebrum
@@ -284,6 +395,27 @@ def _draw() -> np.ndarray:
     cerebrum &= ~fissure
     depth = ndimage.distance_transform_edt(brain)  # voxels to the nearest non-brain voxel
     theta = np.degrees(np.arctan2(d, 3700 - dv))  # 0 at the dorsal midline, 90 lateral, 180 ventral
+
+    # the cerebrum's depth below the pia (um), smooth, and each point's foot on the pia: layers
+    # follow the depth, areas the foot (straight columns), as the real cortex's do
+    ap_full = np.broadcast_to(ap, out.shape)
+    dv_full = np.broadcast_to(dv, out.shape)
+    d_full = np.broadcast_to(d, out.shape).astype(float)
+    pia = np.full(out.shape, np.inf)
+    pia[cerebrum] = pia_depth_um(ap_full[cerebrum], dv_full[cerebrum], d_full[cerebrum])
+    ap_s, dv_s, d_s = (np.zeros(out.shape) for _ in range(3))
+    ap_s[cerebrum], dv_s[cerebrum], d_s[cerebrum] = pia_foot(
+        ap_full[cerebrum], dv_full[cerebrum], d_full[cerebrum], pia[cerebrum])
+    theta_s = np.degrees(np.arctan2(d_s, 3700 - dv_s))
+    # the medial cortex (retrosplenial, cingulate) faces the fissure above the corpus callosum:
+    # its layers run along the fissure's wall, over 400 um from it
+    fissure_bottom = (top[:, None, :] + 1300)[:, :, MIDLINE_UM // res][:, :, None]
+    to_fissure = np.where(_within(ap_full, 1800, 10300) & (dv_full < fissure_bottom),
+                          np.maximum(d_full - res / 2, 0) * _CORTEX_END_UM / 350, np.inf)
+    pia = np.minimum(pia, to_fissure)
+    # the dorsal half's depth, for what lies under the hippocampus (the ventral half is nearer
+    # the ventral pia)
+    dorsal_pia = np.where(dv_full < CEREBRUM_CENTRE_UM[1], pia, np.inf)
 
     # -- brainstem and cerebellum ---------------------------------------------------------------
     put(stem, "MB")
@@ -309,9 +441,10 @@ def _draw() -> np.ndarray:
     put(bulb & _within(ap, 1900, 2500) & (below_top < 500) & (d < 1300), "AOB")
 
     # -- cerebrum: a cortical mantle with white matter under it over the deep structures ----------
-    cortex = cerebrum & (depth <= _CORTEX_END) & (theta < 112) & (ap >= 1600)
-    wm = cerebrum & (depth > _CORTEX_END) & (depth <= _WHITE_MATTER_END) & (theta < 100) & (ap >= 2600)
+    cortex = cerebrum & (pia <= _CORTEX_END_UM) & (theta_s < 112) & (ap >= 1600)
+    wm = cerebrum & ~cortex & (pia <= WHITE_MATTER_END_UM) & (theta_s < 100) & (ap >= 2600)
     piriform = cerebrum & (depth <= 4.0) & (theta >= 112) & (theta < 140) & _within(ap, 2600, 7200) & (d > 1500)
+    piriform &= ~cortex
     deep = cerebrum & ~cortex & ~wm & ~piriform
     # deep fillers by position, refined below
     put(deep & (ap < 2900), "AON")
@@ -320,11 +453,11 @@ def _draw() -> np.ndarray:
     put(deep & _within(ap, 6300, 8800) & (dv < 4700), "TH")
     put(deep & _within(ap, 4700, 8800) & (dv >= 4700), "HY")
     put(deep & (ap >= 8800), "MB")
-    put(deep & _within(ap, 7600, 8800) & (d < 500) & (dv < 4700), "MB")
-    # the hippocampus takes the top of the deep zone under the posterior cortex (labelled below)
-    hip_zone = deep & _within(ap, 6300, 9900) & _within(d, 300, 4000) & (theta < 75)
-    hip_depth = np.cumsum(hip_zone, axis=1)  # voxels below the hippocampus's dorsal surface
-    hip = hip_zone & (hip_depth <= 10)
+    put(deep & _within(ap, 7600, 8800) & (d < 300) & (dv < 4700), "MB")
+    # the dorsal hippocampus: the deep zone's top under the posterior cortex, in layers parallel
+    # to the pia (labelled below)
+    hip = (deep & _within(ap, 6400, 9900) & _within(d_s, 300, 3900) & (theta_s < 75)
+           & (dorsal_pia <= HIPPOCAMPUS_END_UM))
 
     # striatum, septum, pallidum
     put(deep & _within(ap, 2600, 5000) & _within(d, 300, 1800) & _within(dv, 4300, 5600), "ACB")
@@ -338,29 +471,25 @@ def _draw() -> np.ndarray:
     put(ventral_surface & _within(ap, 2900, 5300) & (d < 2300), "OT")
 
     # thalamus (targets of the VBN probes: LP, LGd, LGv, MG, PoT, POL, SGN ...), placed by depth
-    # below the hippocampus (or the white matter), in 100 um voxels
-    below = np.cumsum(deep & ~hip, axis=1)
+    # below the hippocampus (in 100 um voxels, from the pia's depth), side by side across AP and LR
+    below = np.minimum((dorsal_pia - HIPPOCAMPUS_END_UM) / res, 29.0)  # 29: the ventral half
     th = deep & ~hip & (out == ids["TH"])
     for name, ap_r, d_r, t_r in (
-            ("AV", (6300, 6900), (300, 1200), (1, 9)),
-            ("LD", (6300, 7300), (800, 1800), (1, 6)),
-            ("MD", (6300, 7600), (0, 700), (3, 13)),
-            ("PO", (6600, 7700), (400, 1500), (6, 11)),
-            ("VPM", (6300, 7600), (800, 1700), (11, 19)),
-            ("VPL", (6300, 7600), (1700, 2500), (8, 19)),
-            ("RT", (6300, 7300), (2500, 2900), (3, 21)),
-            ("LP", (7300, 8800), (900, 2100), (1, 7)),
-            ("LGd", (6700, 8300), (2100, 2900), (1, 7)),
-            ("LGv", (6800, 8300), (2100, 2900), (7, 11)),
-            ("opt", (6500, 8300), (2900, 3200), (1, 13)),
-            ("Eth", (8000, 8600), (500, 900), (1, 6)),
-            ("POL", (7900, 8800), (1800, 2300), (7, 11)),
-            ("PoT", (8000, 8800), (1100, 1800), (7, 12)),
-            ("SGN", (8300, 8800), (2000, 2500), (1, 5)),
-            ("MGd", (8300, 8800), (2000, 2800), (5, 9)),
-            ("MGv", (8300, 8800), (2000, 2800), (9, 15)),
-            ("MGm", (8300, 8800), (1700, 2000), (5, 15)),
-            ("PIL", (8400, 8800), (1600, 2000), (12, 17))):
+            ("AV", (6300, 6900), (300, 1200), (-4, 9)),
+            ("LD", (6300, 7300), (800, 1800), (-4, 5)),
+            ("MD", (6300, 7600), (0, 700), (-4, 13)),
+            ("PO", (6600, 7700), (400, 1500), (0, 4)),
+            ("VPM", (6300, 7600), (800, 1700), (2, 30)),
+            ("VPL", (6300, 7600), (1700, 2500), (2, 30)),
+            ("RT", (6300, 7300), (2500, 2900), (-4, 21)),
+            ("LP", (7300, 8800), (700, 1500), (-4, 6)),
+            ("PoT", (7300, 8800), (700, 1500), (6, 30)),
+            ("LGd", (6700, 8800), (1500, 2400), (-4, 5)),
+            ("LGv", (6700, 8800), (1500, 2400), (5, 30)),
+            ("POL", (7300, 8800), (2400, 3000), (-4, 30)),
+            ("opt", (6500, 8800), (3000, 3300), (-4, 30)),
+            ("Eth", (8000, 8600), (300, 700), (-4, 6)),
+):
         put(th & _within(ap, *ap_r) & _within(d, *d_r) & _within(below, *t_r), name)
     put(deep & _within(ap, 6200, 8200) & (d == 0) & _within(dv, 3500, 6300), "V3")
 
@@ -383,52 +512,55 @@ def _draw() -> np.ndarray:
     # midbrain (the deep targets of the VBN probes: APN, MRN, NOT, SC, PAG, ...)
     mb = deep & ~hip & (out == ids["MB"])
     for name, ap_r, d_r, t_r in (
-            ("SCs", (8800, 10400), (0, 1900), (1, 4)),
-            ("SCig", (8800, 10400), (0, 1900), (4, 7)),
-            ("ICc", (10100, 13200), (0, 2300), (1, 8)),
-            ("APN", (7900, 9300), (300, 1700), (3, 12)),
-            ("MRN", (8500, 10300), (300, 2100), (12, 25)),
-            ("PAG", (8300, 10300), (0, 500), (2, 15)),
+            ("SCs", (9500, 10400), (0, 2100), (-4, 2)),
+            ("SCig", (9500, 10400), (0, 2100), (2, 30)),
+            ("ICc", (10100, 13200), (0, 2300), (-4, 8)),
+            ("APN", (8800, 9500), (300, 2100), (-4, 5)),
+            ("MRN", (8800, 9500), (300, 2100), (5, 30)),
+            ("PAG", (8300, 10300), (0, 300), (0, 15)),
             ("AQ", (8300, 10300), (0, 100), (6, 10)),
             ("RN", (8700, 9300), (300, 900), (15, 20)),
-            ("NB", (8900, 9500), (1900, 2500), (1, 6))):
-        put(mb & _within(ap, *ap_r) & _within(d, *d_r) & _within(below, *t_r), name)
-    put(deep & ~hip & _within(ap, 7800, 8600) & _within(d, 900, 1500) & _within(below, 1, 4), "NOT")
+            ("MGd", (8800, 9500), (2100, 3200), (-4, 5)),
+            ("MGv", (8800, 9500), (2100, 3200), (5, 30)),
+            ("MGm", (8800, 9500), (1800, 2100), (-4, 30)),
+            ("PIL", (8800, 9500), (1500, 1800), (-4, 30)),
+            ("NB", (9500, 10400), (2100, 3000), (-4, 6)),
+            ("SGN", (9400, 10400), (2100, 3000), (6, 30))):
+        put(mb & _within(ap, *ap_r) & _within(d, *d_r) & _within(below, *t_r) & (dv < 4600), name)
+    put(deep & ~hip & _within(ap, 7600, 8800) & _within(d, 0, 300) & _within(below, -4, 6), "NOT")
     put(deep & _within(ap, 8000, 9300) & _within(d, 200, 900) & _within(dv, 4400, 5200), "VTA")
     put(deep & _within(ap, 8000, 9300) & _within(d, 900, 2100) & _within(dv, 4400, 4700), "SNc")
     put(deep & _within(ap, 8000, 9300) & _within(d, 900, 2100) & _within(dv, 4700, 5300), "SNr")
     # the ventral hippocampus, lateral and ventral behind the thalamus
-    ventral_hip = deep & ~hip & (ap >= 8800) & (d >= 2600) & (dv >= 3300)
+    ventral_hip = deep & ~hip & (ap >= 8800) & (d >= 3000) & (dv >= 3800)
     put(ventral_hip, "CA1")
-    put(ventral_hip & (d >= 3000) & _within(dv, 4000, 5200), "DG-mo")
-    put(ventral_hip & (d >= 3200) & _within(dv, 4300, 4900), "DG-sg")
+    put(ventral_hip & (d >= 3300) & _within(dv, 4300, 5300), "DG-mo")
+    put(ventral_hip & (d >= 3500) & _within(dv, 4600, 5000), "DG-sg")
 
-    # hippocampus under the posterior cortex: CA1 over the dentate gyrus, CA3 lateral, SUB behind
-    put(hip & (hip_depth <= 4), "CA1")
-    for name, lo, hi in (("DG-mo", 4, 5), ("DG-sg", 5, 6), ("DG-po", 6, 8), ("DG-sg", 8, 9),
-                         ("DG-mo", 9, 10)):
-        put(hip & (hip_depth > lo) & (hip_depth <= hi) & (d < 2700), name)
-    put(hip & (hip_depth > 3) & (d >= 2700), "CA3")
-    put(hip & (hip_depth <= 4) & _within(d, 2400, 2700), "CA2")
-    put(hip & (d >= 3500) & (ap < 8200) & (hip_depth > 4), "fi")
-    posterior = hip_zone & (ap >= 9200) & (hip_depth <= 8)
-    put(posterior & (hip_depth > 2), "ProS")
-    put(posterior & (hip_depth > 4), "SUB")
-    put(hip_zone & (ap >= 9700) & (hip_depth <= 6), "POST")
+    # the dorsal hippocampus: CA1 over the dentate gyrus, CA2 and CA3 lateral, the subiculum behind
+    field = np.where(d_s < 3050, "CA1", np.where(d_s < 3200, "CA2", "CA3"))  # by column
+    upper = WHITE_MATTER_END_UM
+    for layer, end in HIPPOCAMPAL_LAYERS_UM:
+        band = hip & (pia > upper) & (pia <= end)
+        if layer.startswith("DG"):
+            put(band, layer)
+        else:
+            for name in ("CA1", "CA2", "CA3"):
+                put(band & (field == name), f"{name}{layer}")
+        upper = end
+    put(hip & _within(ap, 9500, 9700) & (pia <= 1900), "ProS")
+    put(hip & (ap >= 9700), "SUB")
+    put(deep & ~hip & _within(ap, 9900, 10400) & _within(d, 300, 3000) & (pia <= 1900), "POST")
 
     # -- white matter and cortex --------------------------------------------------------------------
-    put(wm & (theta < 40) & _within(ap, 2600, 9900), "cc")
-    put(wm & (theta >= 40) & _within(ap, 2600, 9900), "ec")
+    put(wm & (d_s < 2500) & _within(ap, 2600, 9900), "cc")
+    put(wm & (d_s >= 2500) & _within(ap, 2600, 9900), "ec")
     put(wm & (ap >= 9900), "alv")
     put(piriform, "PIR")
-    # each cortical voxel takes the area of the nearest point of the cortical surface (layer 1)
-    surface = cortex & (depth <= _LAYER_ENDS[0])
-    _, nearest = ndimage.distance_transform_edt(~surface, return_indices=True)
+    # each cortical voxel takes the area of its foot on the pia and the layer of its depth
     at = np.nonzero(cortex)
-    from_surface = tuple(n[at] for n in nearest)
-    area, area_names = _cortical_areas(np.broadcast_to(ap, out.shape)[from_surface],
-                                       np.broadcast_to(theta, out.shape)[from_surface])
-    layer = np.searchsorted(np.array(_LAYER_ENDS), depth[at], side="left").clip(0, len(_LAYERS) - 1)
+    area, area_names = _cortical_areas(ap_s[at], theta_s[at], d_s[at])
+    layer = np.searchsorted(np.array(LAYER_ENDS_UM), pia[at], side="left").clip(0, len(_LAYERS) - 1)
     labels = np.zeros(len(area), dtype=np.uint32)
     for code in np.unique(area):
         name = area_names[code]
@@ -438,15 +570,14 @@ def _draw() -> np.ndarray:
                 leaf = f"{name}2/3" if suffix == "4" else leaf
             labels[(area == code) & (layer == k)] = ids[leaf]
     out[at] = labels
-    put(cortex & (theta >= 88) & _within(ap, 2600, 6800) & (depth > 8.0), "CLA")
+    put(cortex & (theta_s >= 88) & _within(ap, 2600, 6800) & (pia > 850), "CLA")
     put(deep & (theta >= 105) & (depth <= 7.0) & _within(ap, 2900, 6600) & (d > 2300), "EPd")
 
     out[~brain] = 0
-    # the left hemisphere mirrors the right one exactly (ties in the nearest-surface search above
-    # are not broken symmetrically); LR voxel 57 is the midline
+    # the left hemisphere mirrors the right one exactly; LR voxel 57 is the midline
     mid = MIDLINE_UM // res
     out[:, :, 1:mid] = out[:, :, mid + 1:2 * mid][:, :, ::-1]
-    missing = [name for name in ("VISp5", "CA1", "DG-sg", "LP", "LGd", "APN", "CP", "CBXpu")
+    missing = [name for name in ("VISp5", "CA1sp", "DG-sg", "LP", "LGd", "APN", "CP", "CBXpu")
                if not (out == ids[name]).any()]
     if missing:  # pragma: no cover - a guard for whoever edits the geometry
         msg = f"The sample brain lost structures {missing}: check the geometry in {__file__}."
@@ -454,10 +585,11 @@ def _draw() -> np.ndarray:
     return out
 
 
-#: The cortical map: (area, AP from, AP to, theta from, theta to) in um and degrees, where theta
-#: is the angle around (DV 3700, midline): 0 at the dorsal midline, 90 on the lateral surface;
-#: the mantle ends at 112 degrees (piriform cortex and the ventral surface below).
-#: Later rows win. Areas roughly where the real ones are on the CCF's right hemisphere.
+#: The cortical map: (area, AP from, AP to, theta from, theta to) in um and degrees of each
+#: cortical voxel's foot on the pia, where theta is the angle around (DV 3700, midline): 0 at the
+#: dorsal midline, 90 on the lateral surface; the mantle ends at 112 degrees (piriform cortex and
+#: the ventral surface below). Later rows win. Areas roughly where the real ones are on the CCF's
+#: right hemisphere; the visual areas are drawn by :data:`VISUAL_AREAS` over them.
 CORTICAL_AREAS: tuple[tuple[str, int, int, float, float], ...] = (
     ("MOs", 0, 6500, 0, 60), ("VISa", 6500, 8500, 0, 56), ("VISp", 8500, 13200, 0, 54),
     ("FRP", 0, 2300, 0, 75), ("ORBl", 1600, 3400, 60, 112),
@@ -469,17 +601,27 @@ CORTICAL_AREAS: tuple[tuple[str, int, int, float, float], ...] = (
     ("TEa", 6800, 10300, 86, 96),
     ("ECT", 7200, 10300, 96, 104), ("PERI", 7600, 10300, 104, 118), ("ENTl", 8400, 13200, 94, 118),
     ("ACAd", 2800, 7000, 0, 9), ("ACAv", 3000, 6500, 0, 4), ("PL", 1800, 3200, 0, 9),
-    ("RSPd", 6800, 13200, 0, 12), ("RSPv", 7200, 13200, 0, 5), ("VISa", 7000, 7800, 12, 32),
-    ("VISam", 7600, 8600, 12, 25), ("VISpm", 8600, 13200, 12, 25), ("VISp", 8400, 13200, 25, 43),
-    ("VISrl", 7000, 8000, 32, 50), ("VISal", 7800, 8600, 43, 56), ("VISl", 8600, 10200, 43, 54),
-    ("VISli", 8800, 10200, 54, 60), ("VISpl", 9400, 13200, 43, 60), ("VISpor", 10200, 13200, 43, 62),
+    ("RSPd", 6800, 13200, 0, 12), ("RSPv", 7200, 13200, 0, 5),
+)
+#: The visual areas on the dorsal posterior cortex, side by side: (area, AP from, AP to, distance
+#: from the midline from, to) in um of each cortical voxel's foot on the pia. Later rows win. The
+#: VBN probes (:data:`.vbn.PROBE_INSERTIONS`) enter near the middle of their target area, so a probe
+#: inserted perpendicular to the cortex goes down through one area's layers.
+VISUAL_AREAS: tuple[tuple[str, int, int, int, int], ...] = (
+    ("VISa", 7000, 8000, 600, 2300), ("VISrl", 7000, 8200, 2300, 3800),
+    ("VISp", 8200, 11600, 1600, 2900), ("VISam", 8000, 8800, 600, 1600),
+    ("VISpm", 8800, 11600, 600, 1600), ("VISal", 8200, 8900, 2900, 3800),
+    ("VISl", 8900, 10300, 2900, 3800), ("VISli", 10300, 10700, 2900, 3800),
+    ("VISpl", 10700, 11600, 2900, 3800), ("VISpor", 10300, 11600, 3500, 3800),
 )
 
 
-def _cortical_areas(ap: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Return the index (into the returned names) of the cortical area of every voxel's position."""
-    names = ["MOs"] + [row[0] for row in CORTICAL_AREAS]
+def _cortical_areas(ap: np.ndarray, theta: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Return the index (into the returned names) of the cortical area of each foot on the pia."""
+    names = ["MOs"] + [row[0] for row in CORTICAL_AREAS] + [row[0] for row in VISUAL_AREAS]
     code = np.zeros(ap.shape, dtype=np.int16)
     for k, (_, lo, hi, t_lo, t_hi) in enumerate(CORTICAL_AREAS, start=1):
         code[_within(ap, lo, hi) & (theta >= t_lo) & (theta < t_hi)] = k
+    for k, (_, lo, hi, d_lo, d_hi) in enumerate(VISUAL_AREAS, start=1 + len(CORTICAL_AREAS)):
+        code[_within(ap, lo, hi) & _within(d, d_lo, d_hi) & (theta < 70)] = k
     return code, names

@@ -87,16 +87,18 @@ COLUMNS = {
 }
 
 #: Each probe's insertion, like the real rigs' six probes: the visual area it enters, the entry
-#: point on the brain surface (AP, LR in CCF um), the direction from the tip up the shank (AP, DV,
-#: LR) and how deep the tip goes below the surface (um). The structures along the track are those
-#: of the sample brain (:mod:`.brain`): visual cortex, hippocampus, then thalamus or midbrain.
-PROBE_INSERTIONS: dict[str, tuple[str, tuple[int, int], tuple[float, float, float], int]] = {
-    "probeA": ("VISam", (8100, 6750), (-0.12, -0.98, -0.05), 3050),
-    "probeB": ("VISpm", (9000, 6650), (0.12, -0.98, -0.08), 3050),
-    "probeC": ("VISp", (9400, 7550), (0.2, -0.96, -0.05), 3050),
-    "probeD": ("VISl", (8800, 8600), (0.2, -0.97, 0.2), 3050),
-    "probeE": ("VISal", (8200, 8850), (-0.25, -0.9, 0.3), 3050),
-    "probeF": ("VISrl", (7500, 8300), (-0.3, -0.92, 0.2), 3050),
+#: point on the brain surface (AP, LR in CCF um, right hemisphere) and how deep the tip goes below
+#: the pia (um, along the track). Each probe goes down its entry's cortical column (nearly
+#: perpendicular to the cortex, :func:`.brain.pia_entry`), so the structures along the track are
+#: those of the sample brain (:mod:`.brain`) in their real order: the target area's layers from
+#: the pia, white matter, the hippocampus's layers, then thalamus or midbrain.
+PROBE_INSERTIONS: dict[str, tuple[str, tuple[int, int], int]] = {
+    "probeA": ("VISam", (8400, 6750), 3150),
+    "probeB": ("VISpm", (9300, 6750), 3150),
+    "probeC": ("VISp", (9200, 7950), 3150),
+    "probeD": ("VISl", (9250, 9200), 3150),
+    "probeE": ("VISal", (8550, 9200), 3150),
+    "probeF": ("VISrl", (7600, 8450), 3150),
 }
 #: Spacing of the channels along the track in the CCF (um per channel; 20 um per channel row on
 #: the shank, shrunk by the tissue, as the real coordinates are).
@@ -184,11 +186,8 @@ def probe_tracks(probe_names: list[str], rng: np.random.Generator) -> tuple[np.n
     """
     n = len(probe_names)
     entry = np.array([PROBE_INSERTIONS[p][1] for p in probe_names], float) + rng.normal(0, 80, (n, 2))
-    up = np.array([PROBE_INSERTIONS[p][2] for p in probe_names], float)
-    up /= np.linalg.norm(up, axis=1, keepdims=True)
-    depth = np.array([PROBE_INSERTIONS[p][3] for p in probe_names], float) + rng.normal(0, 60, n)
-    surface = brain.surface_dv(entry[:, 0], entry[:, 1])
-    top = np.column_stack([entry[:, 0], surface, entry[:, 1]])
+    depth = np.array([PROBE_INSERTIONS[p][2] for p in probe_names], float) + rng.normal(0, 60, n)
+    top, up = brain.pia_entry(entry[:, 0], entry[:, 1])
     return top - up * depth[:, None], up
 
 

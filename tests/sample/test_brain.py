@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from abc_helpers import AbcProjectCache, VbnProjectCache, ish
+from abc_helpers import AbcProjectCache, VbnProjectCache, ccf, ish
 from abc_helpers.cache import OutdatedManifestWarning
 from abc_helpers.sample import abc_cells, amba, brain, vbn
 
@@ -37,10 +37,10 @@ def abc_cache(tmp_path_factory, sample_source) -> AbcProjectCache:
 
 @pytest.fixture(scope="module")
 def abc_annotation(abc_cache) -> np.ndarray:
-    """The served ABC annotation as structure ids, ``[AP, DV, LR]`` at 200 um."""
+    """The served ABC annotation as structure ids, ``[AP, DV, LR]`` at 100 um."""
     sitk = pytest.importorskip("SimpleITK")
     image = sitk.ReadImage(str(abc_cache.get_data_path("Allen-CCF-2020", "annotation_10")))
-    assert np.allclose(image.GetSpacing(), 0.2) and image.GetOrigin() == (0.0, 0.0, 0.0)
+    assert np.allclose(image.GetSpacing(), 0.1) and image.GetOrigin() == (0.0, 0.0, 0.0)
     index = sitk.GetArrayFromImage(image).transpose(2, 1, 0)  # SimpleITK [z=LR, y=DV, x=AP]
     terms = abc_cache.get_metadata_dataframe(
         "Allen-CCF-2020", "parcellation_to_parcellation_term_membership_acronym")
@@ -65,7 +65,7 @@ def test_brain_is_on_the_real_ccf_grid_with_real_structures():
     assert np.array_equal(volume[:, :, 1:], volume[:, :, 1:][:, :, ::-1])  # about LR 5700 um
     assert np.array_equal(brain.annotation(200), volume[::2, ::2, ::2])  # voxel i at i * 200 um
     present = set(brain.present_structures())
-    assert {"VISp5", "VISl2/3", "VISal4", "VISam1", "VISpm6a", "VISrl5", "CA1", "CA3", "DG-mo", "DG-sg",
+    assert {"VISp5", "VISl2/3", "VISal4", "VISam1", "VISpm6a", "VISrl5", "CA1sp", "CA3sp", "DG-mo", "DG-sg",
             "DG-po", "ProS", "SUB", "LP", "LGd", "LGv", "MGv", "MGd", "PoT", "POL", "APN", "MRN", "NOT",
             "SGN", "CP", "ACB", "CBXpu", "CBXgr", "cc", "VL", "MOB", "ARH", "VTA"} <= present
     # structures at CCF points: nearest voxel, 0 outside the volume
@@ -146,6 +146,145 @@ def test_probe_tracks_are_straight_lines_from_visual_cortex_down(vbn_cache):
     assert on_target > 0.75 * len(probes)  # most probes enter the area they aim at, as on the rigs
 
 
+#: The CA fields' strata from the alveus down, and the dentate gyrus's layers from its upper blade
+#: to its lower one: the real order a probe going down through the dorsal hippocampus meets them.
+CA_STRATA = ("so", "sp", "sr", "slm")
+DG_ORDER = ("DG-mo", "DG-sg", "DG-po", "DG-sg", "DG-mo")
+CORTICAL_LAYERS = ("1", "2/3", "4", "5", "6a", "6b")
+AXES = ["anterior_posterior_ccf_coordinate", "dorsal_ventral_ccf_coordinate", "left_right_ccf_coordinate"]
+
+
+@pytest.fixture(scope="module")
+def served_ccf(abc_cache) -> tuple[np.ndarray, float, np.ndarray, ccf.StructureTree]:
+    """The served ABC annotation read as chapter 5 reads it: array, resolution, index -> id, tree."""
+    sitk = pytest.importorskip("SimpleITK")
+    image = sitk.ReadImage(str(abc_cache.get_data_path("Allen-CCF-2020", "annotation_10")))
+    annotation, resolution = ccf.image_to_array(image)
+    tree = ccf.StructureTree.shipped()
+    membership = abc_cache.get_metadata_dataframe(
+        "Allen-CCF-2020", "parcellation_to_parcellation_term_membership_acronym")
+    return annotation, resolution, ccf.parcellation_structure_ids(membership, tree), tree
+
+
+def _runs(acronyms: list[str]) -> list[str]:
+    """The structures in order, each run of equal neighbours once."""
+    return [a for k, a in enumerate(acronyms) if k == 0 or a != acronyms[k - 1]]
+
+
+def _is_subsequence(items: list[str], of: tuple[str, ...]) -> bool:
+    rest = iter(of)
+    return all(any(x == y for y in rest) for x in items)
+
+
+def topology_errors(runs: list[str], target: str) -> list[str]:
+    """What is wrong with a probe's structures from the pia down (annotation leaves, 'void' outside).
+
+    The order rules of the real brain along a VBN probe: one cortical area's layers 1 ... 6b in
+    order from the pia, white matter, the hippocampus's strata and dentate gyrus layers in order,
+    then thalamus or midbrain, and nothing met twice (but the dentate gyrus's two blades).
+    """
+    errors = []
+    inside = [a for a in runs if a != "void"]
+    kind = []
+    for a in inside:
+        sid = brain.structure_id(a)
+        if brain.is_within(sid, brain.structure_id("Isocortex")):
+            kind.append("cortex")
+        elif brain.is_within(sid, brain.structure_id("fiber tracts")):
+            kind.append("white matter")
+        elif brain.is_within(sid, brain.structure_id("HPF")):
+            kind.append("hippocampus")
+        elif any(brain.is_within(sid, brain.structure_id(x)) for x in ("TH", "MB")):
+            kind.append("deep")
+        else:
+            kind.append(f"other ({a})")
+    order = ["cortex", "white matter", "hippocampus", "deep"]
+    groups = _runs(kind)
+    if groups[:3] != order[:3] or not set(groups) <= set(order) or groups != sorted(groups, key=order.index):
+        errors.append(f"not cortex -> white matter -> hippocampus -> thalamus/midbrain: {groups}")
+    cortex = [a for a, k in zip(inside, kind, strict=True) if k == "cortex"]
+    areas = {brain.acronym(brain.structure_level(brain.structure_id(a))) for a in cortex}
+    if areas != {target}:
+        errors.append(f"cortical areas {sorted(areas)}, not {target} alone")
+    layers = [a[len(target):] for a in cortex if a.startswith(target)]
+    if layers != list(CORTICAL_LAYERS):
+        errors.append(f"cortical layers {layers}, not {list(CORTICAL_LAYERS)} from the pia")
+    hippocampus = [a for a, k in zip(inside, kind, strict=True) if k == "hippocampus"]
+    dentate = [a for a in hippocampus if a.startswith("DG")]
+    fields = [a for a in hippocampus if not a.startswith("DG")]
+    if hippocampus[:len(fields)] != fields:
+        errors.append(f"a CA field under the dentate gyrus: {hippocampus}")
+    strata = [a[3:] for a in fields if a[:3] in ("CA1", "CA2", "CA3")]
+    if [CA_STRATA.index(x) for x in strata] != sorted(CA_STRATA.index(x) for x in strata):
+        errors.append(f"CA strata out of order: {fields}")
+    if not dentate or not _is_subsequence(dentate, DG_ORDER):
+        errors.append(f"dentate gyrus layers {dentate}, not in the order {DG_ORDER}")
+    met = [a if a.startswith("DG") or a[:3] not in ("CA1", "CA2", "CA3") else a[3:] for a in inside
+           if not a.startswith("DG")]
+    twice = sorted({a for a in _runs(met) if _runs(met).count(a) > 1})
+    if twice:
+        errors.append(f"met twice: {twice}")
+    return errors
+
+
+def test_every_probe_crosses_the_real_topology(vbn_cache, served_ccf):
+    """Along every probe, the served annotation follows the real brain's order from the pia down.
+
+    One cortical area (the probe's target) with its layers 1, 2/3, 4, 5, 6a, 6b in order, white
+    matter, the CA strata (oriens, pyramidal, radiatum, lacunosum-moleculare) then the dentate
+    gyrus's layers in order, then thalamus or midbrain; no structure met twice.
+    """
+    annotation, resolution, lookup, _ = served_ccf
+    channels = vbn_cache.get_channel_table()
+    probes = vbn_cache.get_probe_table()
+    failures = {}
+    for probe_id, track in channels.groupby("ecephys_probe_id"):
+        track = track.sort_values("probe_channel_number", ascending=False)  # the top first
+        ids = ccf.structure_at(annotation, track[AXES].to_numpy(float), resolution, labels=lookup)
+        runs = _runs([brain.acronym(int(i)) for i in ids])
+        target = vbn.PROBE_INSERTIONS[probes.loc[probe_id, "name"]][0]
+        errors = topology_errors(runs, target)
+        if errors:
+            failures[probe_id] = (runs, errors)
+    assert len(probes) == 180 and not failures, failures
+
+
+def test_topology_rules_catch_the_old_anatomy():
+    """The rules above fail the anatomy issue 17 found: areas stacked in depth, DG under the cc."""
+    good = ["void", "VISp1", "VISp2/3", "VISp4", "VISp5", "VISp6a", "VISp6b", "cc", "CA1so", "CA1sp",
+            "CA1sr", "CA1slm", "DG-mo", "DG-sg", "DG-po", "DG-sg", "DG-mo", "LP", "PoT"]
+    assert topology_errors(good, "VISp") == []
+    stacked = ["void", "VISp1", "VISp2/3", "VISp4", "VISp5", "VISp6a", "VISpl6b", "ec", "CA1so", "CA1sp",
+               "CA1sr", "CA1slm", "DG-mo", "DG-sg", "DG-po", "DG-sg", "DG-mo", "MB"]
+    assert any("cortical areas" in e for e in topology_errors(stacked, "VISp"))
+    no_ca1 = ["void", "VISam1", "VISam2/3", "VISam4", "VISam5", "VISam6a", "VISam6b", "cc", "DG-mo",
+              "DG-sg", "DG-po", "DG-sg", "DG-mo", "LP"]
+    assert topology_errors(no_ca1, "VISam") == []  # CA1 is allowed to be missed, but not its order:
+    swapped = [*no_ca1[:8], "CA1sr", "CA1sp", *no_ca1[8:]]
+    assert any("CA strata" in e for e in topology_errors(swapped, "VISam"))
+    back = [*good[:-2], "LP", "DG-mo", "LP"]
+    assert topology_errors(back, "VISp")
+    no_wm = [a for a in good if a != "cc"]
+    assert any("white matter" in e for e in topology_errors(no_wm, "VISp"))
+    layers_swapped = [*good[:3], "VISp5", "VISp4", *good[5:]]
+    assert any("cortical layers" in e for e in topology_errors(layers_swapped, "VISp"))
+
+
+def test_channel_labels_agree_with_the_served_annotation(vbn_cache, served_ccf):
+    """Chapter 5's check, on every probe: each channel's structure is the served ABC annotation's
+    at its coordinate, or holds it (area for layer, DG for its layers, CA1 for its strata), 'root'
+    outside the brain. The channels are labelled on that very volume, at its resolution, as the real
+    channels are labelled on the CCF annotation the real ABC release serves."""
+    annotation, resolution, lookup, tree = served_ccf
+    assert resolution == brain.BASE_RESOLUTION_UM
+    channels = vbn_cache.get_channel_table()
+    for probe_id, track in channels.groupby("ecephys_probe_id"):
+        at_point = ccf.structure_at(annotation, track[AXES].to_numpy(float), resolution, labels=lookup)
+        agree = [(s == "root" and i == 0) or (int(i) in tree and tree.is_descendant(int(i), of=s))
+                 for i, s in zip(at_point, track["structure_acronym"], strict=True)]
+        assert all(agree), (probe_id, track.loc[~np.array(agree), "structure_acronym"].value_counts())
+
+
 def test_units_inherit_their_channel_and_lists_roll_up(vbn_cache):
     """Units carry their channel's structure and coordinates; probes and sessions list their channels'."""
     channels = vbn_cache.get_channel_table()
@@ -198,8 +337,8 @@ def test_merfish_cells_sit_in_the_annotation_voxel_they_name(abc_cache, abc_anno
     at = np.array([values[k, j, i] for i, j, k in index])  # x = AP, y = DV, z = LR (mm)
     assert (at == ccf["parcellation_index"].to_numpy()).all() and (at > 0).all()
     ap_um = ccf[["x", "y", "z"]].to_numpy() * 1000
-    ids = brain.structure_at(ap_um, 200)
-    assert (ids == abc_annotation[tuple(brain.voxel_index(ap_um, 200).T)]).all()
+    ids = brain.structure_at(ap_um, 100)
+    assert (ids == abc_annotation[tuple(brain.voxel_index(ap_um, 100).T)]).all()
 
 
 def test_merfish_cell_types_follow_their_region_as_10x_cells_do(abc_cache):
@@ -261,12 +400,13 @@ def test_ccf_structures_map_to_the_10x_regions_of_interest(abc_cache):
 
 # -- AMBA ISH grids and the two annotations -------------------------------------------------------------
 def test_abc_and_amba_annotations_are_the_same_brain(abc_annotation):
-    """At the same CCF points (voxel i at i * 200 um) the ABC volume and the ISH grid annotation agree."""
+    """At the same CCF points (voxel i at i * 200 um) the ABC volume (100 um) and the ISH grid
+    annotation (200 um) agree."""
     grid = amba.grid_annotation().transpose(2, 1, 0)  # [LR, DV, AP] -> [AP, DV, LR]
-    assert grid.shape == (67, 41, 58) and abc_annotation.shape == (66, 40, 57)
-    assert np.array_equal(grid[:66, :40, :57], abc_annotation)
+    assert grid.shape == (67, 41, 58) and abc_annotation.shape == (132, 80, 114)
+    assert np.array_equal(grid[:66, :40, :57], abc_annotation[::2, ::2, ::2])
     assert not grid[66:].any() and not grid[:, 40:].any() and not grid[:, :, 57:].any()
-    assert np.array_equal(abc_annotation, brain.annotation(200))
+    assert np.array_equal(abc_annotation, brain.annotation(100))
 
 
 def test_ish_energy_is_high_in_each_markers_structure(sample_source, tmp_path):

@@ -335,14 +335,14 @@ def test_taxonomy_uses_the_real_classes_and_neurotransmitters(world):
 
 
 def test_ccf_volumes_are_coarse_brains_with_real_regions(world):
-    """The CCF nii.gz volumes read with SimpleITK: 200 um, real structures, gzip without mtime."""
+    """The CCF nii.gz volumes read with SimpleITK: 100 um, real structures, gzip without mtime."""
     sitk = pytest.importorskip("SimpleITK")
     new = _manifest(world, "20231215")
     path = _bucket(world) / _file(new, "Allen-CCF-2020", "annotation_10")["relative_path"]
     assert path.read_bytes()[4:8] == b"\x00\x00\x00\x00"  # gzip mtime field
     image = sitk.ReadImage(str(path))
-    assert image.GetSize() == (66, 40, 57)
-    assert np.allclose(image.GetSpacing(), 0.2)
+    assert image.GetSize() == (132, 80, 114)
+    assert np.allclose(image.GetSpacing(), 0.1)
     values = np.unique(sitk.GetArrayFromImage(image))
     membership = _read_csv(world, _file(new, "Allen-CCF-2020", "parcellation_to_parcellation_term_membership_acronym"))
     assert set(values) == set(membership["parcellation_index"])
