@@ -190,7 +190,7 @@ def test_linking_atlases_max_matrix_gb(tmp_path):
     cache = tmp_path / "cache"
     budget_gb = 0.0005
     nb = run_chapter(path, tmp_path, max_matrix_gb=budget_gb, cache_dir=str(cache))
-    shown = text_of(nb, "by_size = matrices")
+    shown = text_of(nb, "by_size = size")
     listed = re.findall(r"^\s*(?:WMB-10X\S*\s+)?(WMB-10X\S*)\s+\d+\s+[\d.]+$", shown, re.M)
     assert len(listed) > 2, shown  # the crossed regions' matrices, all of them listed
     abc = AbcProjectCache.from_cache_dir(cache / "abc", source="sample")
