@@ -1023,14 +1023,17 @@ def structure_mask(annotation: Any, structure: int | str | Sequence[int | str], 
 
 
 def sample_volume(volume: Any, points_um: Any, resolution_um: float, order: int = 0, *,
-                  axes: Sequence[str] = CCF_AXES) -> np.ndarray:
+                  axes: Sequence[str] = CCF_AXES, skip_nan: bool = False) -> np.ndarray:
     """Return a volume's values at CCF points: nearest voxel (``order=0``) or trilinear (``order=1``).
 
     Voxel ``i`` holds the value at ``i * resolution_um`` µm. ``order=0`` takes the nearest voxel
     (as :func:`structure_at`); ``order=1`` interpolates between the 8 surrounding voxel centres,
     so it is defined from the first to the last centre. Points outside, and NaN points, give NaN.
     ISH grids mark missing data with -1: set those to NaN first (``np.where(grid < 0, np.nan,
-    grid)``) so that they do not blend into interpolated values.
+    grid)``) so that they do not blend into interpolated values. A trilinear value needs all 8
+    voxels around the point, so it is NaN within one voxel of the brain's surface or of a missing
+    section; ``skip_nan=True`` averages only the voxels that hold data (their weights rescaled to 1),
+    and is NaN only where none of the 8 does.
 
     Parameters
     ----------
@@ -1042,6 +1045,9 @@ def sample_volume(volume: Any, points_um: Any, resolution_um: float, order: int 
     order : {0, 1}
     axes : sequence of str
         :data:`CCF_AXES` (default) or :data:`ITK_AXES` (``read_grid_array``'s ``[LR, DV, AP]``).
+    skip_nan : bool
+        With ``order=1``: leave out the surrounding voxels that are NaN and rescale the others'
+        weights, instead of returning NaN.
 
     Returns
     -------
@@ -1058,6 +1064,11 @@ def sample_volume(volume: Any, points_um: Any, resolution_um: float, order: int 
     >>> volume = np.arange(8.0).reshape(2, 2, 2)  # value = 4 AP + 2 DV + LR (in voxels)
     >>> sample_volume(volume, [[100, 100, 50], [100, 0, 200]], 100, order=1).tolist()
     [6.5, nan]
+    >>> volume[1, 1, 1] = np.nan  # no data in one corner
+    >>> sample_volume(volume, [[50, 50, 50]], 100, order=1).tolist()
+    [nan]
+    >>> sample_volume(volume, [[50, 50, 50]], 100, order=1, skip_nan=True).tolist()  # the other 7
+    [3.0]
     """
     data = _ccf_volume(volume, axes, "volume")
     if order == 0:
@@ -1078,12 +1089,19 @@ def sample_volume(volume: Any, points_um: Any, resolution_um: float, order: int 
     frac = where - low
     high = np.minimum(low + 1, size - 1)
     total = np.zeros(len(where))
+    weights = np.zeros(len(where))
     for corner in range(8):
         pick = [(corner >> k) & 1 for k in range(3)]
         idx = [np.where(pick[k], high[:, k], low[:, k]) for k in range(3)]
         weight = np.prod([np.where(pick[k], frac[:, k], 1.0 - frac[:, k]) for k in range(3)], axis=0)
+        value = data[idx[0], idx[1], idx[2]]
         # a corner of weight 0 (a point on a voxel plane) must not bring in its NaN
-        total += np.where(weight > 0, weight * data[idx[0], idx[1], idx[2]], 0.0)
+        use = (weight > 0) & (np.isfinite(value) if skip_nan else True)
+        total += np.where(use, weight * value, 0.0)
+        weights += np.where(use, weight, 0.0)
+    if skip_nan:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            total = np.where(weights > 0, total / weights, np.nan)
     out[inside] = total
     return out.reshape(points.shape[:-1])
 

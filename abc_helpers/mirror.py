@@ -266,6 +266,55 @@ def _manifest_version(name: str) -> tuple[int, ...]:
         return (-1,)
 
 
+#: The ``sessions`` value of :func:`fill_vbn` that names the chapters' default session.
+FIRST_SESSION = "first"
+
+
+def first_session_with_file(source: Source, bucket_dir: Path, manifest_name: str) -> str:
+    """The first ecephys session of a VBN manifest's session table that has an NWB file.
+
+    This is the session the chapters open when their ``session_id`` is None (the first row of
+    ``get_ecephys_session_table()`` whose ``file_id`` is among the manifest's ``data_files``).
+
+    Parameters
+    ----------
+    source : Source
+        Where to read the manifest and the table from.
+    bucket_dir : Path
+        The mirror's VBN bucket folder: the manifest and the table are stored there as
+        :func:`fill_vbn` stores them (at their versions), so nothing is fetched twice.
+    manifest_name : str
+        E.g. ``"visual-behavior-neuropixels_project_manifest_v0.3.0.json"``.
+
+    Returns
+    -------
+    str
+        The ecephys session id.
+
+    Raises
+    ------
+    ValueError
+        If no session of the table has an NWB file in the manifest.
+    """
+    import pandas as pd
+
+    key = VBN_MANIFESTS + manifest_name
+    manifest = json.loads(download(source.object_url(VBN_BUCKET, key), bucket_dir / key, progressbar=False).read_text())
+    entry = manifest["metadata_files"]["ecephys_sessions"]
+    rel = urlsplit(entry["url"]).path.lstrip("/")
+    path = download(source.object_url(VBN_BUCKET, rel, version_id=entry["version_id"]),
+                    bucket_dir / VERSIONS_FOLDER / entry["version_id"] / rel,
+                    known_hash=f"blake2b:{entry['file_hash'].lower()}", progressbar=False)
+    table = pd.read_csv(path, usecols=["ecephys_session_id", "file_id"])
+    with_file = [str(sid) for sid, fid in zip(table["ecephys_session_id"], table["file_id"], strict=True)
+                 if str(fid) in manifest["data_files"]]
+    if not with_file:
+        msg = (f"No session of the ecephys_sessions table of {manifest_name} has an NWB file in its "
+               "data_files: name the sessions to mirror by id.")
+        raise ValueError(msg)
+    return with_file[0]
+
+
 def fill_vbn(
     mirror_dir: str | os.PathLike,
     source: str | Source | None = "aws",
@@ -290,7 +339,9 @@ def fill_vbn(
         ``"all"``, ``"latest"`` or versions such as ``["0.3.0"]``.
     sessions : str, sequence or None
         Ecephys session ids whose NWB files to mirror (each about 2-3 GB on the real bucket), or
-        ``"all"``; none by default.
+        ``"all"``; none by default. ``"first"`` (alone or among ids) names the first session of
+        the newest mirrored manifest's ``ecephys_sessions`` table that has an NWB file: the one
+        the chapters open when their ``session_id`` is None.
 
     Returns
     -------
@@ -316,6 +367,9 @@ def fill_vbn(
                              f"{sorted(by_version, key=lambda v: _manifest_version('_v' + v))}.")
         chosen = sorted({by_version.get(m, m) for m in asked}, key=_manifest_version)
     wanted_sessions = _names(sessions) if sessions else []
+    if wanted_sessions and FIRST_SESSION in wanted_sessions:
+        first = first_session_with_file(src, bucket_dir, chosen[-1])
+        wanted_sessions = list(dict.fromkeys(first if s == FIRST_SESSION else s for s in wanted_sessions))
     paths: list[Path] = []
     jobs: dict[Path, DownloadJob] = {}
     current: dict[str, Path] = {}  # key -> the version file named by the newest manifest
@@ -510,7 +564,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vbn-manifests", nargs="+", default=["all"], metavar="VERSION",
                         help="'all' (default), 'latest' or versions such as 0.3.0")
     parser.add_argument("--vbn-sessions", nargs="*", default=[], metavar="ID",
-                        help="ecephys session ids whose NWB files to mirror (about 2-3 GB each)")
+                        help="ecephys session ids whose NWB files to mirror (about 2-3 GB each); 'first': "
+                             "the chapters' default session (the first of the table with an NWB file)")
     parser.add_argument("--no-vbn", action="store_true", help="skip Visual Behavior Neuropixels")
     parser.add_argument("--ish-genes", nargs="*", default=[], metavar="GENE",
                         help="genes whose ISH experiments and 3-D grids to mirror")

@@ -328,6 +328,13 @@ def test_sample_volume_nearest_and_trilinear():
     on_plane = np.array([[0, 25, 25], [25, 25, 12.5], [12.5, 12.5, 12.5]])
     sampled = ccf.sample_volume(holes, on_plane, 25, order=1)
     assert sampled[0] == field[0, 1, 1] and np.isnan(sampled[1]) and np.isnan(sampled[2])
+    skipped = ccf.sample_volume(holes, on_plane, 25, order=1, skip_nan=True)
+    assert skipped[0] == field[0, 1, 1]  # no NaN corner: the same value
+    cube = [field[a, d, r] for a in (0, 1) for d in (0, 1) for r in (0, 1) if (a, d, r) != (1, 1, 1)]
+    assert np.isclose(skipped[2], np.mean(cube))  # the centre: the 7 corners with data, equal weights
+    assert np.isfinite(skipped[1])
+    empty = np.full_like(field, np.nan)
+    assert np.isnan(ccf.sample_volume(empty, on_plane, 25, order=1, skip_nan=True)).all()
     with pytest.raises(ValueError, match="order=3"):
         ccf.sample_volume(field, points, 25, order=3)
 

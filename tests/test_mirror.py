@@ -194,3 +194,18 @@ def test_refill_repairs_damaged_files(sample_source, tmp_path):
     fill_vbn(tmp_path, source=sample_source, manifests="latest", progressbar=False)
     assert plain.read_bytes() == good
     assert [p.read_bytes() == good for p in (tmp_path / VBN / "_versions").glob(f"*/{key}")] == [True]
+
+
+def test_first_session_is_the_chapters_default(sample_source, tmp_path):
+    """vbn_sessions="first" mirrors the NWB file of the session the chapters open with session_id=None
+    (the first of the session table whose file_id is in the manifest's data_files), and no other."""
+    from abc_helpers.mirror import fill_vbn
+    from abc_helpers.neuropixels import VbnProjectCache
+
+    cache = VbnProjectCache.from_s3_cache(tmp_path / "cache", source=sample_source, progressbar=False)
+    sessions = cache.get_ecephys_session_table()
+    files = cache.manifest["data_files"]
+    expected = next(int(sid) for sid, fid in sessions["file_id"].items() if str(fid) in files)
+    fill_vbn(tmp_path / "mirror", source=sample_source, manifests="all", sessions="first", progressbar=False)
+    nwb = sorted((tmp_path / "mirror" / VBN / "visual-behavior-neuropixels").rglob("*.nwb"))
+    assert [p.name for p in nwb] == [f"ecephys_session_{expected}.nwb"]

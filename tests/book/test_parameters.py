@@ -186,11 +186,11 @@ def test_linking_atlases_max_matrix_gb(tmp_path):
     """linking_atlases with `max_matrix_gb` reads only the smallest 10x matrices of the crossed
     regions, up to that total, and fetches nothing of any other matrix."""
     path = chapter("linking_atlases")
-    assert parameters_of(path)["max_matrix_gb"] is None  # the default: every matrix
+    assert parameters_of(path)["max_matrix_gb"] == 1.0  # the default: 1 GB (every matrix of the sample)
     cache = tmp_path / "cache"
     budget_gb = 0.0005
     nb = run_chapter(path, tmp_path, max_matrix_gb=budget_gb, cache_dir=str(cache))
-    shown = text_of(nb, "by_size = matrices")
+    shown = text_of(nb, "by_size = size")
     listed = re.findall(r"^\s*(?:WMB-10X\S*\s+)?(WMB-10X\S*)\s+\d+\s+[\d.]+$", shown, re.M)
     assert len(listed) > 2, shown  # the crossed regions' matrices, all of them listed
     abc = AbcProjectCache.from_cache_dir(cache / "abc", source="sample")
@@ -199,7 +199,7 @@ def test_linking_atlases_max_matrix_gb(tmp_path):
                    for m in listed if m.startswith(d + "-") or m == d)
     assert len(sizes) == len(listed)
     expected = [m for (_, m), total in zip(sizes, np.cumsum([s for s, _ in sizes]), strict=True)
-                if total <= budget_gb * 1e9]
+                if total <= budget_gb * 1024**3]  # the package's GB
     assert 0 < len(expected) < len(listed)
     assert f"reading {len(expected)} of them, " in shown, shown
     # the matrices read: downloaded (.h5ad) or queried through a served gene index (its sidecars)

@@ -130,6 +130,7 @@ _CHAPTER1 = (sum(f.size for f in MANIFEST.files("Allen-CCF-2020"))
              + sum(f.size for f in MANIFEST.files("WMB-taxonomy", ("metadata",)))
              + _size("WMB-10X", "gene") + _size("WMB-10XMulti", "WMB-10XMulti/log2")
              + _size("WMB-neighborhoods", "UMAP20230830-TH-EPI-Glut"))
+_REGION = re.compile(r"-(Isocortex-\d|HPF|MB)/")  # the 10x matrices of cortex, hippocampus, midbrain
 _MERFISH = (_size("MERFISH-C57BL6J-638850", "cell_metadata_with_cluster_annotation")
             + _size("MERFISH-C57BL6J-638850-CCF", "ccf_coordinates"))
 _LINKING = _MERFISH + _size("Allen-CCF-2020", "annotation_10") + _size("WMB-10X", "cell_metadata")
@@ -170,6 +171,9 @@ FACTS: dict[str, Fact] = {
     "24 h5ad matrices": manifest(lambda: f"{len(_LOG2)} h5ad matrices"),
     "24 small matrices": manifest(lambda: f"{len(_LOG2)} small matrices"),
     "85.18 MB": manifest(lambda: format_size(_size("WMB-10XMulti", "WMB-10XMulti/log2"))),
+    # chapter 5: the smallest and the largest log2 matrix of cortex, hippocampus and midbrain
+    "779.57 MB": manifest(lambda: format_size(min(f.size for f in _LOG2 if _REGION.search(f.name)))),
+    "12.78 GB": manifest(lambda: format_size(max(f.size for f in _LOG2 if _REGION.search(f.name)))),
     "104.16 GB": manifest(lambda: format_size(MANIFEST.directory_size("WMB-10Xv2", ("expression_matrices",)))),
     "379.11 MB": manifest(lambda: format_size(MANIFEST.directory_size("Allen-CCF-2020", ("image_volumes",)))),
     "478.55 MB": manifest(lambda: format_size(_CHAPTER1)),
@@ -308,3 +312,16 @@ def test_time_to_learn_agrees_with_the_workshop():
         minutes = re.search(r"Time to learn\*\*: (\d+) minutes", text).group(1)
         row = next(r for r in workshop.split(" | [") if f"({path.name})" in r and " min |" in r)
         assert f"| {minutes} min |" in row, (path.name, minutes, row)
+
+
+def test_timetable_slots_are_the_times_to_learn():
+    """Each chapter's slot in the workshop's timetable lasts exactly its Time to learn."""
+    workshop = (BOOK / "workshop.md").read_text()
+    files = dict(re.findall(r"^\| \[([^\]]+)\]\((\w+\.ipynb)\) \|", workshop, re.M))  # name -> chapter
+    slots = re.findall(r"^\| (\d+):(\d\d)-(\d+):(\d\d) \| Chapter \d+, \*([^*]+)\*", workshop, re.M)
+    assert {name for *_, name in slots} == set(files) and len(slots) == len(files) == len(list(BOOK.glob("*.ipynb")))
+    for h0, m0, h1, m1, name in slots:
+        nb = nbformat.read(BOOK / files[name], as_version=4)
+        text = _flat("\n".join(c.source for c in nb.cells if c.cell_type == "markdown"))
+        minutes = int(re.search(r"Time to learn\*\*: (\d+) minutes", text).group(1))
+        assert (int(h1) * 60 + int(m1)) - (int(h0) * 60 + int(m0)) == minutes, (name, minutes)
