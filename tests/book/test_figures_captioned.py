@@ -20,7 +20,6 @@ from support.notebooks import BOOK
 
 CHAPTERS = sorted(p.stem for p in BOOK.glob("*.ipynb"))
 #: Chapter 5 is being brought to this standard by its own engineer this round.
-NOT_YET = {"linking_atlases"}
 #: A figure's name: a MyST target, unique in the book.
 NAME = re.compile(r"fig-[a-z0-9-]+")
 MARK = re.compile(r"plots\.mark_synthetic\([^)]*data_source")
@@ -38,18 +37,13 @@ def _helpers(chapter: str) -> str:
     return "\n".join(c.source for c in nb.cells if c.cell_type == "code" and "\ndef " in "\n" + c.source)
 
 
-def _params(chapters):
-    return [pytest.param(c, marks=pytest.mark.xfail(reason="chapter 5's figures are captioned by the ch5 work "
-                                                        "of this round", strict=False))
-            if c in NOT_YET else c for c in chapters]
-
 
 def test_every_chapter_has_figures():
     """The test looks at something: every chapter stores at least one figure."""
     assert all(_figure_cells(c) for c in CHAPTERS), {c: len(_figure_cells(c)) for c in CHAPTERS}
 
 
-@pytest.mark.parametrize("chapter", _params(CHAPTERS))
+@pytest.mark.parametrize("chapter", CHAPTERS)
 def test_figures_have_caption_name_and_alt_text(chapter):
     """Each figure cell has a caption, a fig- name and alt text in its mystnb metadata, and one rich output."""
     problems = []
@@ -79,7 +73,7 @@ def test_figure_names_are_unique():
     assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
 
 
-@pytest.mark.parametrize("chapter", _params(CHAPTERS))
+@pytest.mark.parametrize("chapter", CHAPTERS)
 def test_figures_mark_the_sample_as_synthetic(chapter):
     """Every figure cell marks the sample's data inside the figure: plots.mark_synthetic(..., data_source)."""
     helpers = _helpers(chapter)
