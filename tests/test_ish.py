@@ -427,31 +427,30 @@ def test_convert_grid_equals_the_three_calls(unique_zip, tmp_path, orientation, 
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([slow.name, fast.name])
 
 
-def test_corrupt_grid_member_is_reported(unique_zip, tmp_path):
+@pytest.fixture
+def corrupt_zip(unique_zip, tmp_path):
+    """A copy of *unique_zip* with one byte of the deflated energy.raw flipped."""
+    content = bytearray(unique_zip.read_bytes())
+    with zipfile.ZipFile(unique_zip) as zf:
+        info = zf.getinfo("energy.raw")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    content[start + info.compress_size // 2] ^= 0xFF
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(bytes(content))
+    return bad
+
+
+def test_corrupt_grid_member_is_reported(corrupt_zip):
     """A flipped byte in the deflated energy.raw fails the CRC (or the inflate), naming the fix."""
-    content = bytearray(unique_zip.read_bytes())
-    with zipfile.ZipFile(unique_zip) as zf:
-        info = zf.getinfo("energy.raw")
-    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
-    content[start + info.compress_size // 2] ^= 0xFF
-    bad = tmp_path / "bad.zip"
-    bad.write_bytes(bytes(content))
     with pytest.raises(zipfile.BadZipFile, match=r"corrupt.*download it again"):
-        ish.read_grid_array(bad)
+        ish.read_grid_array(corrupt_zip)
 
 
-def test_check_grid_zip_reports_a_corrupt_member(unique_zip, tmp_path):
+def test_check_grid_zip_reports_a_corrupt_member(unique_zip, corrupt_zip):
     """check_grid_zip() inflates every member and names the one whose CRC (or inflate) fails."""
-    content = bytearray(unique_zip.read_bytes())
-    with zipfile.ZipFile(unique_zip) as zf:
-        info = zf.getinfo("energy.raw")
-    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
-    content[start + info.compress_size // 2] ^= 0xFF
-    bad = tmp_path / "bad.zip"
-    bad.write_bytes(bytes(content))
     assert ish.check_grid_zip(unique_zip) is None
-    assert ish.check_grid_zip(bad) == "member 'energy.raw' fails its CRC"
-    assert not ish.verify_grid(bad)
+    assert ish.check_grid_zip(corrupt_zip) == "member 'energy.raw' fails its CRC"
+    assert not ish.verify_grid(corrupt_zip)
 
 
 def test_a_checked_grid_converts_to_the_same_volume(unique_zip, tmp_path):
