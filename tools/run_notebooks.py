@@ -11,6 +11,7 @@ are resolved, so a bar keeps only its final line (as nbval and myst-nb also read
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 import time
@@ -65,8 +66,11 @@ def run(path: Path) -> float:
 
 
 def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description="Re-execute the book's chapters in place "
+                                     "(all of book/*.ipynb, or the ones named).")
+    parser.add_argument("notebooks", nargs="*", type=Path, help="notebooks to run (default: all)")
     book = Path(__file__).resolve().parent.parent / "book"
-    paths = [Path(a) for a in argv] or sorted(book.glob("*.ipynb"))
+    paths = parser.parse_args(argv).notebooks or sorted(book.glob("*.ipynb"))
     for path in paths:
         print(f"{path}: {run(path.resolve()):.1f} s", flush=True)
     return 0

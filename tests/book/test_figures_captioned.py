@@ -19,7 +19,6 @@ import pytest
 from support.notebooks import BOOK
 
 CHAPTERS = sorted(p.stem for p in BOOK.glob("*.ipynb"))
-#: Chapter 5 is being brought to this standard by its own engineer this round.
 #: A figure's name: a MyST target, unique in the book.
 NAME = re.compile(r"fig-[a-z0-9-]+")
 MARK = re.compile(r"plots\.mark_synthetic\([^)]*data_source")
@@ -35,7 +34,6 @@ def _helpers(chapter: str) -> str:
     """The source of the chapter's code cells that define functions (a plotting helper marks for its callers)."""
     nb = nbformat.read(BOOK / f"{chapter}.ipynb", as_version=4)
     return "\n".join(c.source for c in nb.cells if c.cell_type == "code" and "\ndef " in "\n" + c.source)
-
 
 
 def test_every_chapter_has_figures():
