@@ -32,7 +32,9 @@ def _readers() -> dict:
     from allensdk.brain_observatory.behavior.data_objects.eye_tracking.eye_tracking_table import (
         EyeTrackingTable,
     )
-    from allensdk.brain_observatory.behavior.data_objects.eye_tracking.rig_geometry import RigGeometry
+    from allensdk.brain_observatory.behavior.data_objects.eye_tracking.rig_geometry import (
+        RigGeometry,
+    )
     from allensdk.brain_observatory.behavior.data_objects.licks import Licks
     from allensdk.brain_observatory.behavior.data_objects.metadata.behavior_metadata.behavior_metadata import (
         BehaviorMetadata,
@@ -43,7 +45,9 @@ def _readers() -> dict:
     from allensdk.brain_observatory.behavior.data_objects.rewards import Rewards
     from allensdk.brain_observatory.behavior.data_objects.stimuli.stimuli import Stimuli
     from allensdk.brain_observatory.behavior.data_objects.task_parameters import TaskParameters
-    from allensdk.brain_observatory.ecephys._behavior_ecephys_metadata import BehaviorEcephysMetadata
+    from allensdk.brain_observatory.ecephys._behavior_ecephys_metadata import (
+        BehaviorEcephysMetadata,
+    )
     from allensdk.brain_observatory.ecephys.data_objects.trials import VBNTrials
     from allensdk.brain_observatory.ecephys.optotagging import OptotaggingTable
     from allensdk.brain_observatory.ecephys.probes import Probes
@@ -98,9 +102,9 @@ def main() -> int:
     args = parser.parse_args()
     results = read_parts(args.path)
     for name, result in results.items():
-        print(f"{name:28s} {'ok' if result['ok'] else result['error']}")  # noqa: T201
+        print(f"{name:28s} {'ok' if result['ok'] else result['error']}")
     failed = sum(not r["ok"] for r in results.values())
-    print(f"{len(results) - failed} of {len(results)} parts read; {failed} failed")  # noqa: T201
+    print(f"{len(results) - failed} of {len(results)} parts read; {failed} failed")
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
     return 1 if failed else 0

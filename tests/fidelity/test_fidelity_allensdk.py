@@ -135,16 +135,11 @@ def test_sdk_downloads_and_old_pynwb_reads_the_session_nwb(sdk, ours):
         assert got["n_spikes"] == sum(len(t) for t in session.spike_times.values())
 
 
-def test_sdk_session_object_needs_the_allen_nwb_extensions(sdk):
-    """Known limit: the sample NWB holds units and electrodes only, not the SDK's behavior extensions.
-
-    ``BehaviorEcephysSession.from_nwb`` first reads ``lab_meta_data['metadata']`` (the AllenSDK's
-    ndx-aibs metadata), which the sample does not write. If this starts passing, the sample grew
-    those extensions: turn this into a success test.
-    """
+def test_sdk_opens_the_session_file(sdk):
+    """``get_ecephys_session`` opens the sample file with every part the AllenSDK reads."""
     call = sdk["get_ecephys_session"]
-    assert not call["ok"]
-    assert call["error"] == "KeyError: 'metadata'", call["traceback"]
+    assert call["ok"], call.get("traceback")
+    assert "stimulus_templates" in sdk["session.list_data_attributes_and_methods"]["value"]
 
 
 if __name__ == "__main__":
