@@ -17,10 +17,55 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 import traceback
 import warnings
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+from frames import summarise  # noqa: E402 (tests/support/frames.py: numpy and pandas only)
+
+#: The session calls of the AllenSDK's tutorials, each made on every sample session.
+SESSION_CALLS = {
+    "list_data_attributes_and_methods": lambda s: s.list_data_attributes_and_methods(),
+    "metadata": lambda s: s.metadata,
+    "behavior_session_id": lambda s: s.behavior_session_id,
+    "stimulus_templates": lambda s: s.stimulus_templates,
+    "get_units": lambda s: s.get_units(),
+    "get_units_filtered": lambda s: s.get_units(filter_by_validity=True, filter_out_of_brain_units=True,
+                                                amplitude_cutoff_maximum=0.1, presence_ratio_minimum=0.9,
+                                                isi_violations_maximum=0.5),
+    "spike_times": lambda s: s.spike_times,
+    "spike_amplitudes": lambda s: s.spike_amplitudes,
+    "mean_waveforms": lambda s: s.mean_waveforms,
+    "stimulus_presentations": lambda s: s.stimulus_presentations,
+    "trials": lambda s: s.trials,
+    "running_speed": lambda s: s.running_speed,
+    "raw_running_speed": lambda s: s.raw_running_speed,
+    "licks": lambda s: s.licks,
+    "rewards": lambda s: s.rewards,
+    "optotagging_table": lambda s: s.optotagging_table,
+    "get_channels": lambda s: s.get_channels(),
+    "get_channels_all": lambda s: s.get_channels(filter_by_validity=False),
+    "probes": lambda s: s.probes,
+    "stimulus_timestamps": lambda s: s.stimulus_timestamps,
+    "task_parameters": lambda s: s.task_parameters,
+    "eye_tracking": lambda s: s.eye_tracking,
+    "eye_tracking_rig_geometry": lambda s: s.eye_tracking_rig_geometry,
+}
+
+
+def session_calls(session, full: bool) -> dict:
+    """Make every call of :data:`SESSION_CALLS` on an open session; summarise each result or its error."""
+    out = {}
+    for name, call in SESSION_CALLS.items():
+        try:
+            out[name] = {"ok": True, **summarise(call(session), full=full)}
+        except Exception as exc:  # noqa: BLE001 (every failure is reported)
+            out[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:1000],
+                         "traceback": traceback.format_exc()[-3000:]}
+    return out
 
 
 def _table(df) -> dict:
@@ -67,6 +112,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache-dir", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--sessions", action="store_true",
+                        help="open every session with a file and summarise each call (the first in full)")
+    parser.add_argument("--max-sessions", type=int, default=None, help="open only the first N sessions")
     args = parser.parse_args()
 
     import allensdk
@@ -134,6 +182,15 @@ def main() -> int:
             units = _call(results, "session.get_units", session.get_units)
             if units is not None:
                 results["session.get_units"].update(_table(units))
+        if args.sessions:
+            results["sessions"] = {}
+            everything = frames.get("ecephys_sessions_unfiltered")
+            every = [int(s) for s, fid in everything["file_id"].items() if int(fid) in data_ids] \
+                if everything is not None else chosen
+            for number, other in enumerate(every[:args.max_sessions]):
+                opened = _call(results, f"open:{other}", lambda o=other: cache.get_ecephys_session(ecephys_session_id=o))
+                if opened is not None:
+                    results["sessions"][str(other)] = session_calls(opened, full=number == 0)
         path = next(args.cache_dir.rglob(f"ecephys_session_{sid}.nwb"), None)
         if path is not None:
             value("pynwb_read", lambda: _read_nwb(path))
