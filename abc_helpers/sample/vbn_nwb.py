@@ -231,7 +231,8 @@ class SessionNwbWriter:
 
         times = content.stimulus_timestamps
         stimulus = ProcessingModule(name="stimulus", description="Stimulus Times processing")
-        frames = TimeSeries(name="timestamps", data=_packed(times), timestamps=_packed(times), unit="s")
+        frames = TimeSeries(name="timestamps", data=_packed(times), timestamps=_packed(times), unit="s",
+                            description="display time of each stimulus frame (synthetic)")
         stimulus.add(frames)
         nwb.add_processing_module(stimulus)
         running = ProcessingModule(name="running", description="Running speed processing module")
@@ -332,10 +333,11 @@ class SessionNwbWriter:
         nwb.add_processing_module(licking)
         rewards = ProcessingModule(name="rewards", description="Licking behavior processing module")
         volume = TimeSeries(name="volume", data=content.rewards["volume"].to_numpy(float),
-                            timestamps=content.rewards["timestamps"].to_numpy(float), unit="mL")
+                            timestamps=content.rewards["timestamps"].to_numpy(float), unit="mL",
+                            description="volume of each reward (synthetic)")
         rewards.add(volume)
         rewards.add(TimeSeries(name="autorewarded", data=content.rewards["auto_rewarded"].to_numpy(bool),
-                               timestamps=volume, unit="mL"))
+                               timestamps=volume, unit="mL", description="whether the reward was automatic"))
         nwb.add_processing_module(rewards)
 
     def _eye_tracking(self, nwb: Any, session: pd.Series, content: SessionContent) -> None:
@@ -349,7 +351,7 @@ class SessionNwbWriter:
         for part, name in (("eye", "eye_tracking"), ("pupil", "pupil_tracking"),
                            ("cr", "corneal_reflection_tracking")):
             series[name] = series_cls(
-                name=name, reference_frame="nose", unit="pixels",
+                name=name, reference_frame="nose", unit="pixels", description=f"{part} ellipse (synthetic)",
                 data=eye[[f"{part}_center_x", f"{part}_center_y"]].to_numpy(),
                 area=eye[f"{part}_area"].to_numpy(), area_raw=eye[f"{part}_area_raw"].to_numpy(),
                 width=eye[f"{part}_width"].to_numpy(), height=eye[f"{part}_height"].to_numpy(),
@@ -398,7 +400,7 @@ class SessionNwbWriter:
             nwb.add_stimulus_template(template_cls(
                 name=content.task_parameters["stimulus_name"], data=_packed(np.stack([images[n][0] for n in names])),
                 unwarped=_packed(np.stack([images[n][1] for n in names])), control=np.arange(len(names), dtype=np.uint64),
-                control_description=names, unit="NA", format="raw", timestamps=np.full(len(names), np.nan),
+                control_description=names, unit="NA", format="raw", starting_time=np.nan, rate=np.nan,
                 description="the session's images, warped as shown and unwarped (synthetic)"))
 
     def _optotagging(self, nwb: Any, content: SessionContent) -> None:
@@ -409,7 +411,8 @@ class SessionNwbWriter:
         opto = content.optotagging
         module = ProcessingModule(name="optotagging", description="optogenetic stimulution data")
         series = TimeSeries(name="optotagging", timestamps=opto["start_time"].to_numpy(float),
-                            data=opto["duration"].to_numpy(float), unit="seconds")
+                            data=opto["duration"].to_numpy(float), unit="seconds",
+                            description="duration of each light pulse (synthetic)")
         module.add(series)
         n = len(opto)
         tags = VectorData(name="tags", description="user-defined tags", data=["optical_stimulation"] * n)

@@ -24,48 +24,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
-from frames import summarise  # noqa: E402 (tests/support/frames.py: numpy and pandas only)
-
-#: The session calls of the AllenSDK's tutorials, each made on every sample session.
-SESSION_CALLS = {
-    "list_data_attributes_and_methods": lambda s: s.list_data_attributes_and_methods(),
-    "metadata": lambda s: s.metadata,
-    "behavior_session_id": lambda s: s.behavior_session_id,
-    "stimulus_templates": lambda s: s.stimulus_templates,
-    "get_units": lambda s: s.get_units(),
-    "get_units_filtered": lambda s: s.get_units(filter_by_validity=True, filter_out_of_brain_units=True,
-                                                amplitude_cutoff_maximum=0.1, presence_ratio_minimum=0.9,
-                                                isi_violations_maximum=0.5),
-    "spike_times": lambda s: s.spike_times,
-    "spike_amplitudes": lambda s: s.spike_amplitudes,
-    "mean_waveforms": lambda s: s.mean_waveforms,
-    "stimulus_presentations": lambda s: s.stimulus_presentations,
-    "trials": lambda s: s.trials,
-    "running_speed": lambda s: s.running_speed,
-    "raw_running_speed": lambda s: s.raw_running_speed,
-    "licks": lambda s: s.licks,
-    "rewards": lambda s: s.rewards,
-    "optotagging_table": lambda s: s.optotagging_table,
-    "get_channels": lambda s: s.get_channels(),
-    "get_channels_all": lambda s: s.get_channels(filter_by_validity=False),
-    "probes": lambda s: s.probes,
-    "stimulus_timestamps": lambda s: s.stimulus_timestamps,
-    "task_parameters": lambda s: s.task_parameters,
-    "eye_tracking": lambda s: s.eye_tracking,
-    "eye_tracking_rig_geometry": lambda s: s.eye_tracking_rig_geometry,
-}
-
-
-def session_calls(session, full: bool) -> dict:
-    """Make every call of :data:`SESSION_CALLS` on an open session; summarise each result or its error."""
-    out = {}
-    for name, call in SESSION_CALLS.items():
-        try:
-            out[name] = {"ok": True, **summarise(call(session), full=full)}
-        except Exception as exc:  # noqa: BLE001 (every failure is reported)
-            out[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:1000],
-                         "traceback": traceback.format_exc()[-3000:]}
-    return out
+from session_calls import session_calls  # tests/support: numpy and pandas only
 
 
 def _table(df) -> dict:

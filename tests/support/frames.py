@@ -40,6 +40,8 @@ def jsonable(value: Any) -> Any:
         return None if math.isnan(float(value)) else float(value)
     if value is None or value is pd.NA or value is pd.NaT:
         return None
+    if hasattr(value, "__iter__") and not isinstance(value, (str, bytes)):
+        return [jsonable(v) for v in value]  # e.g. the AllenSDK's Coordinates (x, y, z)
     return str(value)
 
 
