@@ -558,7 +558,13 @@ class VbnProjectCache:
         path = self.get_ecephys_session_path(ecephys_session_id)
         probes = self.get_probe_table()
         probes = probes[(probes["ecephys_session_id"] == int(ecephys_session_id)) & probes["has_lfp_data"]]
-        lfp = {str(p.name): (None, float(p.lfp_sampling_rate)) for p in probes.itertuples()}
+        files = self.manifest["data_files"]
+
+        def getter(file_id: int):  # downloads the probe's LFP file when get_lfp asks for it
+            return lambda: self._fetch(files[str(file_id)])
+
+        lfp = {str(p.name): (getter(int(p.file_id)) if str(int(p.file_id)) in files else None,
+                             float(p.lfp_sampling_rate)) for p in probes.itertuples()}
         return VbnEcephysSession(path, probe_lfp=lfp)
 
     # -- direct links --------------------------------------------------------------------------------

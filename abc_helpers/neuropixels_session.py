@@ -31,7 +31,8 @@ __all__ = ["VbnEcephysSession"]
 
 #: The data attributes and methods of a session (the AllenSDK's names; see ``list_data_attributes_and_methods``).
 DATA_ATTRIBUTES = (
-    "behavior_session_id", "eye_tracking", "eye_tracking_rig_geometry", "get_channels", "get_units", "licks",
+    "behavior_session_id", "eye_tracking", "eye_tracking_rig_geometry", "get_channels", "get_lfp", "get_units",
+    "licks",
     "mean_waveforms", "metadata", "optotagging_table", "probes", "raw_running_speed", "rewards",
     "running_speed", "spike_amplitudes", "spike_times", "stimulus_presentations", "stimulus_templates",
     "stimulus_timestamps", "task_parameters", "trials")
@@ -72,7 +73,8 @@ class VbnEcephysSession:
         The session's NWB file (``ecephys_session_<id>.nwb``).
     probe_lfp : dict or None
         ``{probe name: (LFP file getter, lfp_sampling_rate)}`` of the probes with an LFP file (the
-        cache gives it); None reads ``has_lfp_data`` and ``lfp_sampling_rate`` from the file.
+        cache gives it: the getter downloads the file and returns its path); None reads
+        ``has_lfp_data`` and ``lfp_sampling_rate`` from the file (and :meth:`get_lfp` has no file).
 
     Examples
     --------
@@ -259,6 +261,48 @@ class VbnEcephysSession:
     def mean_waveforms(self) -> dict[int, np.ndarray]:
         """``{unit id: the mean waveform on the unit's peak channel}``."""
         return self._unit_arrays("waveform_mean")
+
+    def get_lfp(self, probe_id: int) -> pd.DataFrame | None:
+        """Return the LFP of one probe (volts): index ``time`` (s), one column per ``channel`` id.
+
+        The AllenSDK returns the same values as an ``xarray.DataArray`` (dims ``time``, ``channel``);
+        this returns a DataFrame (xarray is not a dependency): ``DataArray(df)`` makes one. The
+        probe's LFP file (``probe_<name>_lfp.nwb``) is downloaded when first asked for.
+
+        Parameters
+        ----------
+        probe_id : int
+            A probe of the session (:attr:`probes`).
+
+        Returns
+        -------
+        pandas.DataFrame or None
+            None if the probe has no LFP data.
+
+        Raises
+        ------
+        ValueError
+            If *probe_id* is not a probe of this session.
+        """
+        from pynwb import NWBHDF5IO
+
+        names = {pid: name for name, pid in self._probe_order()}
+        if int(probe_id) not in names:
+            msg = (f"Could not find probe with id {probe_id} in session {self.ecephys_session_id}: its probes "
+                   f"are {sorted(names)} (see .probes).")
+            raise ValueError(msg)
+        name = names[int(probe_id)]
+        if not self._probe_lfp or name not in self._probe_lfp or self._probe_lfp[name][0] is None:
+            return None
+        with NWBHDF5IO(str(self._probe_lfp[name][0]()), "r") as io, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Ignoring cached namespace")
+            warnings.filterwarnings("ignore", message="The 'manufacturer' field is deprecated")
+            nwb = io.read()
+            series = nwb.acquisition[f"probe_{probe_id}_lfp"].electrical_series[f"probe_{probe_id}_lfp_data"]
+            channels = nwb.electrodes.to_dataframe().index.to_numpy()
+            return pd.DataFrame(np.asarray(series.data[:]),
+                                index=pd.Index(np.asarray(series.timestamps[:]), name="time"),
+                                columns=pd.Index(channels, name="channel"))
 
     # -- stimuli ----------------------------------------------------------------------------------
     @property

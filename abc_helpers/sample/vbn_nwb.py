@@ -56,6 +56,8 @@ UNIT_METRICS = ("quality", "firing_rate", "isi_violations", "presence_ratio", "a
                 "PT_ratio", "repolarization_slope", "recovery_slope", "amplitude", "spread",
                 "velocity_above", "velocity_below", "snr")
 _EXTRACELLULAR = "general/extracellular_ephys"
+#: Every LFP_CHANNEL_STEP-th channel of a probe is in its LFP file; the sample's LFP lasts LFP_SECONDS.
+LFP_CHANNEL_STEP, LFP_SECONDS = 16, 1.0
 _FILTERING = "AP band: 500 Hz high-pass; LFP band: 1000 Hz low-pass"
 
 
@@ -118,13 +120,13 @@ def genotype_lines(genotype: str) -> tuple[list[str] | None, str]:
     return (drivers or None), (reporters[0] if reporters else "None")
 
 
-def _packed(values: np.ndarray) -> Any:
-    """Compress a large numeric array in the file (gzip and shuffle); small ones stay plain."""
+def _packed(values: np.ndarray, shuffle: bool = True) -> Any:
+    """Compress a large numeric array in the file (gzip, and *shuffle*); small ones stay plain."""
     from hdmf.backends.hdf5 import H5DataIO
 
     values = np.asarray(values)
     if values.dtype.kind in "biuf" and values.size >= 4096:
-        return H5DataIO(values, compression="gzip", shuffle=True)
+        return H5DataIO(values, compression="gzip", shuffle=shuffle)
     return values
 
 
@@ -189,7 +191,89 @@ class SessionNwbWriter:
             warnings.filterwarnings("ignore", message=".*missing required value for attribute 'spatial_series'")
             nwb = self._nwbfile(session, content)
             with NWBHDF5IO(str(path), "w", manager=BuildManager(type_map())) as io:
-                io.write(nwb)
+                io.write(nwb, cache_spec=False)  # as_core_2_7 caches the 2.7.0 schema
+        as_core_2_7(path)
+
+    def write_lfp(self, path: Path, session: pd.Series, probe: pd.Series) -> None:
+        """Write the LFP file (``probe_<name>_lfp.nwb``) of one *probe* (a row of ``probes``) of *session*.
+
+        As the AllenSDK writes them: the probe's device and electrode group, the LFP channels in the
+        electrodes table (every :data:`LFP_CHANNEL_STEP`-th channel) and, in ``acquisition``, an ``LFP``
+        container ``probe_<id>_lfp`` with the ``ElectricalSeries`` ``probe_<id>_lfp_data`` (time x
+        channels, volts). The sample's LFP is :data:`LFP_SECONDS` s of **synthetic** signal from the
+        start of the change-detection block: slow noise, a theta rhythm below the cortex, and an
+        evoked potential after each image flash in the cortex.
+        """
+        from hdmf.build import BuildManager
+        from hdmf.common import DynamicTableRegion, ElementIdentifiers, VectorData
+        from pynwb import NWBHDF5IO, NWBFile
+        from pynwb.ecephys import LFP, ElectricalSeries, ElectrodesTable
+
+        sid, probe_id = int(session["ecephys_session_id"]), int(probe["ecephys_probe_id"])
+        when = dt.datetime.strptime(session["date_of_acquisition"], "%Y-%m-%d %H:%M:%S.%f+00:00")
+        when = when.replace(tzinfo=dt.timezone.utc)
+        chans = self._channels.get_group(sid)
+        chans = chans[(chans["ecephys_probe_id"] == probe_id)
+                      & (chans["probe_channel_number"] % LFP_CHANNEL_STEP == 0)]
+        rate = float(probe["lfp_sampling_rate"]) / 2  # the AllenSDK's files halve the LFP band's rate
+        content = self.content(session)
+        start = float(content.stimulus_timestamps[0])
+        times = np.round(start + np.arange(int(LFP_SECONDS * rate)) / rate, 6)
+        rng = np.random.default_rng(probe_id)
+        cortex = chans["structure_acronym"].astype(str).str.startswith("VIS").to_numpy()
+        depth = chans["probe_vertical_position"].to_numpy(float)
+        noise = np.cumsum(rng.normal(0, 1, (len(times), len(chans))), axis=0)
+        noise -= np.linspace(0, 1, len(times))[:, None] * noise[-1]  # no drift
+        signal = 8e-6 * noise / np.sqrt(len(times)) * 10
+        signal += 20e-6 * np.sin(2 * np.pi * 7.0 * times)[:, None] * (~cortex)[None, :] * (depth[None, :] < 2000)
+        flashes = content.presentations.loc[content.presentations["stimulus_block"] == 0, "start_time"].to_numpy()
+        for onset in flashes[flashes < times[-1]]:
+            lag = times - onset - 0.04
+            kernel = np.where(lag > 0, (lag / 0.03) * np.exp(1 - lag / 0.03), 0.0)
+            signal -= 60e-6 * kernel[:, None] * cortex[None, :]
+        with _FixedUUIDs(f"{probe_id}/lfp"):
+            nwb = NWBFile(session_description="LFP data and associated info for one probe (synthetic sample)",
+                          identifier=str(probe_id), session_id=str(sid), session_start_time=when,
+                          file_create_date=[when], institution=INSTITUTION)
+            device = extension_class("EcephysProbe", "ndx-aibs-ecephys")(
+                name=probe["name"], description="Neuropixels 1.0 Probe (synthetic sample)", probe_id=probe_id,
+                sampling_rate=float(probe["sampling_rate"]))
+            nwb.add_device(device)
+            group = extension_class("EcephysElectrodeGroup", "ndx-aibs-ecephys")(
+                name=probe["name"], description="Ecephys Electrode Group", location="See electrode locations",
+                device=device, probe_id=probe_id, has_lfp_data=True,
+                lfp_sampling_rate=float(probe["lfp_sampling_rate"]))
+            nwb.add_electrode_group(group)
+            n = len(chans)
+            nwb.electrodes = ElectrodesTable(columns=[
+                VectorData(name="location", description="CCF structure acronym",
+                           data=chans["structure_acronym"].to_numpy(dtype=object)),
+                VectorData(name="group", description="the probe's electrode group", data=[group] * n),
+                VectorData(name="group_name", description="probe name", data=np.full(n, probe["name"], dtype=object)),
+                VectorData(name="x", description="CCF anterior-posterior (um)",
+                           data=chans["anterior_posterior_ccf_coordinate"].to_numpy(float)),
+                VectorData(name="y", description="CCF dorsal-ventral (um)",
+                           data=chans["dorsal_ventral_ccf_coordinate"].to_numpy(float)),
+                VectorData(name="z", description="CCF left-right (um)",
+                           data=chans["left_right_ccf_coordinate"].to_numpy(float)),
+                VectorData(name="probe_vertical_position", description="um from the tip",
+                           data=chans["probe_vertical_position"].to_numpy(np.int64)),
+                VectorData(name="probe_horizontal_position", description="um across",
+                           data=chans["probe_horizontal_position"].to_numpy(np.int64)),
+                VectorData(name="probe_id", description="the probe", data=np.full(n, probe_id, dtype=np.int64)),
+                VectorData(name="probe_channel_number", description="channel on the probe",
+                           data=chans["probe_channel_number"].to_numpy(np.int64)),
+                VectorData(name="valid_data", description="channel usable", data=chans["valid_data"].to_numpy(bool))],
+                id=ElementIdentifiers(name="id", data=chans["ecephys_channel_id"].to_numpy(np.int64)))
+            region = DynamicTableRegion(name="electrodes", data=list(range(n)), table=nwb.electrodes,
+                                        description=f"lfp channels on probe {probe_id}")
+            lfp = LFP(name=f"probe_{probe_id}_lfp")
+            lfp.add_electrical_series(ElectricalSeries(
+                name=f"probe_{probe_id}_lfp_data", data=_packed(signal.astype(np.float32)),
+                timestamps=_packed(times), electrodes=region, description="LFP (synthetic)"))
+            nwb.add_acquisition(lfp)
+            with NWBHDF5IO(str(path), "w", manager=BuildManager(type_map())) as io:
+                io.write(nwb, cache_spec=False)
         as_core_2_7(path)
 
     # -- the parts ----------------------------------------------------------------------------
@@ -305,7 +389,7 @@ class SessionNwbWriter:
         times = VectorData(name="spike_times", description="times (s) of detected spiking events",
                            data=_packed(np.concatenate(content.spike_times)))
         amplitudes = VectorData(name="spike_amplitudes", description="amplitude (V) of detected spiking events",
-                                data=_packed(np.concatenate(content.spike_amplitudes)))
+                                data=_packed(np.concatenate(content.spike_amplitudes), shuffle=False))
         columns = [times, VectorIndex(name="spike_times_index", target=times, data=ends), amplitudes,
                    VectorIndex(name="spike_amplitudes_index", target=amplitudes, data=ends),
                    VectorData(name="waveform_mean", description="mean waveforms on peak channels (over samples)",
@@ -425,32 +509,47 @@ class SessionNwbWriter:
         nwb.add_processing_module(module)
 
 
-def _spec_json(path: Path) -> str:
-    """The JSON hdmf caches for a schema file (a namespace's sources named without '.yaml')."""
+@functools.lru_cache(maxsize=1)
+def cached_specifications() -> dict[tuple[str, str], dict[str, str]]:
+    """Return the schema the session files cache: ``{(namespace, version): {source: JSON}}``.
+
+    NWB core 2.7.0 (``data/nwb/core-2.7.0``), hdmf-common and hdmf-experimental (the schema of the
+    installed hdmf), and the Allen extensions (``data/nwb``), each source as the JSON hdmf caches
+    (a namespace's sources named without their ``.yaml``, imported namespaces whole). Read once per
+    process.
+    """
+    import hdmf.common
     from hdmf.spec.namespace import YAMLSpecReader
 
-    reader = YAMLSpecReader(indir=str(path.parent))
-    if path.name.endswith(".namespace.yaml"):
-        namespaces = reader.read_namespace(str(path))
-        for namespace in namespaces:
+    files = [SPEC_FOLDER / f"core-{NWB_VERSION}" / "nwb.namespace.yaml",
+             Path(hdmf.common.__file__).with_name("hdmf-common-schema") / "common" / "namespace.yaml",
+             *(SPEC_FOLDER / f"{name}.namespace.yaml" for name in NAMESPACES)]
+    out: dict[tuple[str, str], dict[str, str]] = {}
+    for namespace_file in files:
+        reader = YAMLSpecReader(indir=str(namespace_file.parent))
+        for namespace in reader.read_namespace(str(namespace_file)):
+            sources = {}
             for schema in namespace["schema"]:
+                schema.pop("neurodata_types", None)  # hdmf caches whole namespaces, as here
                 if "source" in schema:
-                    schema["source"] = schema["source"].removesuffix(".yaml")
-        return json.dumps({"namespaces": namespaces}, separators=(",", ":"))
-    return json.dumps(reader.read_spec(str(path)), separators=(",", ":"))
+                    source = schema["source"]
+                    schema["source"] = source.removesuffix(".yaml")
+                    sources[schema["source"]] = json.dumps(reader.read_spec(source), separators=(",", ":"))
+            sources["namespace"] = json.dumps({"namespaces": [namespace]}, separators=(",", ":"))
+            out[(namespace["name"], str(namespace["version"]))] = sources
+    return out
 
 
 def as_core_2_7(path: Path) -> None:
-    """Make a file written by pynwb 3+ a NWB 2.7.0 file: the type and the cached schema of that core.
+    """Make a file written by pynwb 3+ (without its schema) a NWB 2.7.0 file: types and cached schema.
 
     The electrodes table becomes the ``hdmf-common`` ``DynamicTable`` NWB 2.7 specifies (newer cores
     define ``ElectrodesTable``, which pynwb 2 cannot read), the root declares ``nwb_version``
-    2.7.0, and ``/specifications/core`` holds the 2.7.0 schema. Everything the sample files store is
-    NWB 2.7.0 (checked by the pynwb validator in the tests).
+    2.7.0, and ``/specifications`` caches :func:`cached_specifications`. Everything the sample files
+    store is NWB 2.7.0 (checked by the pynwb validator in the tests).
     """
     import h5py
 
-    core = SPEC_FOLDER / f"core-{NWB_VERSION}"
     with h5py.File(path, "r+") as fh:
         attrs = fh[f"{_EXTRACELLULAR}/electrodes"].attrs
         if attrs.get("neurodata_type") == "ElectrodesTable":
@@ -460,13 +559,12 @@ def as_core_2_7(path: Path) -> None:
         for device in fh["general/devices"].values():
             if device.attrs.get("neurodata_type") == "EcephysProbe":
                 device.attrs["manufacturer"] = "imec"  # a Device attribute in NWB 2.7 (pynwb 4 deprecates it)
-        specs = fh["specifications/core"]
-        for version in list(specs):
-            del specs[version]
-        group = specs.create_group(NWB_VERSION)
-        for yaml_file in sorted(core.glob("*.yaml")):
-            name = "namespace" if yaml_file.stem == "nwb.namespace" else yaml_file.stem
-            group.create_dataset(name, data=_spec_json(yaml_file), dtype=h5py.string_dtype())
+        specs = fh.require_group("specifications")
+        for (name, version), sources in cached_specifications().items():
+            group = specs.require_group(name).create_group(version)
+            for source, text in sources.items():
+                group.create_dataset(source, data=text, dtype=h5py.string_dtype())
+        fh.attrs[".specloc"] = specs.ref
 
 
 def write_session_nwb(path: Path, session: pd.Series, tables: dict[str, pd.DataFrame]) -> None:

@@ -21,6 +21,16 @@ __all__ = ["SDK_ONLY", "SESSION_CALLS", "session_calls"]
 SDK_ONLY = frozenset({"behavior_data_class", "get_probes_obj", "get_performance_metrics", "get_reward_rate",
                       "get_rolling_performance_df", "get_current_source_density"})
 
+
+def _first_lfp(session):
+    """The LFP of the session's first probe with LFP data, as a DataFrame (time x channel), or None."""
+    probes = session.probes
+    with_lfp = probes.index[probes["has_lfp_data"]]
+    if len(with_lfp) == 0:
+        return None
+    lfp = session.get_lfp(int(with_lfp[0]))
+    return lfp.to_pandas() if hasattr(lfp, "to_pandas") else lfp  # the SDK's xarray.DataArray
+
 #: The session calls of the AllenSDK's tutorials, each made on every sample session.
 SESSION_CALLS = {
     "list_data_attributes_and_methods": lambda s: s.list_data_attributes_and_methods(),
@@ -48,6 +58,7 @@ SESSION_CALLS = {
     "task_parameters": lambda s: s.task_parameters,
     "eye_tracking": lambda s: s.eye_tracking,
     "eye_tracking_rig_geometry": lambda s: s.eye_tracking_rig_geometry,
+    "get_lfp": _first_lfp,
 }
 
 
