@@ -16,6 +16,7 @@ that changes from one process to the next).
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import os
 import re
@@ -117,7 +118,7 @@ class VbnEcephysSession:
             "equipment_name": meta.equipment_name, "sex": subject.sex,
             "age_in_days": int(age.group(1)) if age else None,
             "stimulus_frame_rate": float(meta.stimulus_frame_rate), "session_type": meta.session_type,
-            "date_of_acquisition": self.nwbfile.session_start_time,
+            "date_of_acquisition": self.nwbfile.session_start_time.astimezone(dt.timezone.utc),
             "reporter_line": _none_if_text_none(getattr(subject, "reporter_line", None)),
             "cre_line": genotype.split(";")[0].replace("/wt", "") if ";" in genotype else None,
             "behavior_session_uuid": None if uuid_text == "None" else uuid.UUID(uuid_text),

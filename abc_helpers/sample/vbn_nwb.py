@@ -205,7 +205,7 @@ class SessionNwbWriter:
         evoked potential after each image flash in the cortex.
         """
         from hdmf.build import BuildManager
-        from hdmf.common import DynamicTableRegion, ElementIdentifiers, VectorData
+        from hdmf.common import ElementIdentifiers, VectorData
         from pynwb import NWBHDF5IO, NWBFile
         from pynwb.ecephys import LFP, ElectricalSeries, ElectrodesTable
 
@@ -231,7 +231,9 @@ class SessionNwbWriter:
             lag = times - onset - 0.04
             kernel = np.where(lag > 0, (lag / 0.03) * np.exp(1 - lag / 0.03), 0.0)
             signal -= 60e-6 * kernel[:, None] * cortex[None, :]
-        with _FixedUUIDs(f"{probe_id}/lfp"):
+        with _FixedUUIDs(f"{probe_id}/lfp"), warnings.catch_warnings():
+            # the region is built before its series joins the file (as the AllenSDK's writer does)
+            warnings.filterwarnings("ignore", message="The linked table for DynamicTableRegion")
             nwb = NWBFile(session_description="LFP data and associated info for one probe (synthetic sample)",
                           identifier=str(probe_id), session_id=str(sid), session_start_time=when,
                           file_create_date=[when], institution=INSTITUTION)
@@ -265,8 +267,8 @@ class SessionNwbWriter:
                            data=chans["probe_channel_number"].to_numpy(np.int64)),
                 VectorData(name="valid_data", description="channel usable", data=chans["valid_data"].to_numpy(bool))],
                 id=ElementIdentifiers(name="id", data=chans["ecephys_channel_id"].to_numpy(np.int64)))
-            region = DynamicTableRegion(name="electrodes", data=list(range(n)), table=nwb.electrodes,
-                                        description=f"lfp channels on probe {probe_id}")
+            region = nwb.create_electrode_table_region(region=list(range(n)),
+                                                       description=f"lfp channels on probe {probe_id}")
             lfp = LFP(name=f"probe_{probe_id}_lfp")
             lfp.add_electrical_series(ElectricalSeries(
                 name=f"probe_{probe_id}_lfp_data", data=_packed(signal.astype(np.float32)),

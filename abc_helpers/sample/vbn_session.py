@@ -56,7 +56,8 @@ EYE_SECONDS = 30.0
 RESPONSE_WINDOW = (0.15, 0.75)
 #: Number of samples of a mean waveform (30 kHz).
 WAVEFORM_SAMPLES = 82
-_FLASH_ON, _FLASH_PERIOD = 0.25, 0.75
+#: An image flash lasts FLASH_ON_S, and one starts every FLASH_PERIOD_S (s), as in the real task.
+FLASH_ON_S, FLASH_PERIOD_S = 0.25, 0.75
 
 
 def image_set_name(image_set: str) -> str:
@@ -130,7 +131,7 @@ def _template_images(names: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.n
 def _change_detection(rng: np.random.Generator, frames0: int, frames: int, images: tuple[str, ...],
                       novel: set[str]) -> tuple[list[dict], list[dict]]:
     """Draw block 0's flashes and trials (frames only; licks come later). Returns (flashes, trials)."""
-    period, on = _frames(_FLASH_PERIOD), _frames(_FLASH_ON)
+    period, on = _frames(FLASH_PERIOD_S), _frames(FLASH_ON_S)
     flashes: list[dict] = []
     trials: list[dict] = []
     image = images[int(rng.integers(len(images)))]
@@ -207,7 +208,7 @@ def generate_session(session: pd.Series, units: pd.DataFrame, rng: np.random.Gen
             "stimulus_name": image_set_name(image_set), "blank_duration_sec": [0.5, 0.5],
             "omitted_flash_fraction": 0.05, "task": "change detection", "n_stimulus_frames": len(times),
             "stimulus": "images", "session_type": str(session["session_type"]), "reward_volume": volume,
-            "response_window_sec": list(RESPONSE_WINDOW), "stimulus_duration_sec": _FLASH_ON}
+            "response_window_sec": list(RESPONSE_WINDOW), "stimulus_duration_sec": FLASH_ON_S}
     content = SessionContent(stimulus_timestamps=times, presentations=rows, templates=templates,
                              trials=trials, licks=licks, rewards=rewards, running=running,
                              eye_tracking=eye, optotagging=opto, task_parameters=task)
@@ -219,7 +220,7 @@ def _presentations(rng: np.random.Generator, times: np.ndarray, block: dict[int,
                    flashes: list[dict], image_set: str) -> pd.DataFrame:
     """The stimulus presentations of every block, one row per presentation, in time order."""
     name = image_set_name(image_set)
-    on = _frames(_FLASH_ON)
+    on = _frames(FLASH_ON_S)
     parts = []
     active = pd.DataFrame(flashes).assign(stimulus_block=0, stimulus_name=name, active=True)
     parts.append(active)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from support.worlds import shared_world
 
-from abc_helpers.sample import vbn, vbn_nwb
+from abc_helpers.sample import vbn, vbn_nwb, vbn_session
 from abc_helpers.sources import VBN_BUCKET
 
 
@@ -87,12 +87,13 @@ def test_spike_trains_have_a_refractory_period_and_the_tables_rates(session_file
     with pynwb.NWBHDF5IO(str(session_files[0]), "r") as io:
         nwb = io.read()
         units = nwb.units
-        assert units.resolution == pytest.approx(1 / 30_000)
+        assert units.resolution == 1 / vbn_session.SPIKE_CLOCK_HZ  # the sample's spike clock, 2**15 Hz
         start = nwb.processing["stimulus"]["timestamps"].timestamps[0] - 5.0
         end = nwb.processing["optotagging"]["optotagging"].timestamps[-1] + 2.0
         ratios = []
         for i, uid in enumerate(units.id[:]):
             times = np.asarray(units["spike_times"][i])
             assert np.all(np.diff(times) >= 0.0015), uid
+            assert np.all(times * vbn_session.SPIKE_CLOCK_HZ == np.round(times * vbn_session.SPIKE_CLOCK_HZ))
             ratios.append(len(times) / (end - start) / units_csv.loc[uid, "firing_rate"])
         assert 0.85 < np.median(ratios) < 1.15
