@@ -11,7 +11,7 @@ real bucket ``visual-behavior-neuropixels-data``::
 
 The sample's release history (invented, shaped like the real one):
 
-* ``v0.1.0``: the five tables and the NWB files of all sessions but one; ``units.csv`` without
+* ``v0.1.0``: the five tables, the NWB files of all sessions but one and the LFP files; ``units.csv`` without
   ``quality`` and with ``amplitude`` twice too large (the real scaling bug fixed in the real
   v0.5.0);
 * ``v0.2.0``: ``units.csv`` changed (amplitude fixed, ``quality`` added): a new S3 version;
@@ -21,9 +21,10 @@ The sample's release history (invented, shaped like the real one):
 Probe tracks are straight lines through the sample brain (:mod:`.brain`); each channel's
 ``structure_acronym`` is the annotation at its CCF coordinate (the area for cortical layers,
 ``'DG'`` for the dentate gyrus's layers, ``'root'`` outside the brain) and units inherit their
-channel's. The NWB files (:mod:`.vbn_nwb`) are small (units, spike times for 10 s, electrodes)
-and plain NWB: the AllenSDK's ``get_ecephys_session`` cannot open them, because it reads the
-behavior and stimulus data of a full session through the Allen NWB extensions.
+channel's. The session NWB files (:mod:`.vbn_nwb`, content drawn by :mod:`.vbn_session`) have the
+structure of the real ones (the Allen NWB extensions; the AllenSDK's ``get_ecephys_session`` opens
+them) over a session shortened to a few minutes; the probes of the first
+:attr:`VbnScale.n_lfp_sessions` sessions have LFP files (``probe_<name>_lfp.nwb``), the others none.
 """
 
 from __future__ import annotations
