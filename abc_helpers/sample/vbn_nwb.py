@@ -148,6 +148,34 @@ def _time_intervals(name: str, description: str, frame: pd.DataFrame, extra: lis
                          id=ElementIdentifiers(name="id", data=np.arange(len(frame), dtype=np.int64)))
 
 
+def _header(session: pd.Series) -> dict[str, Any]:
+    """The NWBFile fields a session's files share (its session and LFP files): dates, texts, keywords."""
+    when = dt.datetime.strptime(session["date_of_acquisition"], "%Y-%m-%d %H:%M:%S.%f+00:00")
+    when = when.replace(tzinfo=dt.timezone.utc)
+    return {"session_id": str(int(session["ecephys_session_id"])), "session_start_time": when,
+            "file_create_date": [when], "institution": INSTITUTION,
+            "stimulus_notes": str(session["session_type"]),
+            "experiment_description": ("Synthetic sample of a Visual Behavior Neuropixels session: change detection "
+                                       "with natural images, receptive-field gabors, full-field flashes, passive "
+                                       "replay and optotagging (abc_helpers)."),
+            "keywords": ["synthetic", "visual behavior", "neuropixels", "change detection"]}
+
+
+def _add_subject_and_metadata(nwb: Any, session: pd.Series) -> None:
+    """Add the session's ``BehaviorSubject`` and its ``metadata`` (``BehaviorMetadata``) to *nwb*."""
+    drivers, reporter = genotype_lines(str(session["genotype"]))
+    nwb.subject = extension_class("BehaviorSubject", "ndx-aibs-behavior-ophys")(
+        subject_id=str(session["mouse_id"]), description="A synthetic visual behavior subject",
+        age=f"P{int(session['age_in_days'])}D", genotype=str(session["genotype"]),
+        sex=str(session["sex"]), species="Mus musculus", reporter_line=reporter,
+        **({"driver_line": drivers} if drivers else {}))
+    nwb.add_lab_meta_data(extension_class("BehaviorMetadata", "ndx-aibs-behavior-ophys")(
+        name="metadata", behavior_session_id=int(session["behavior_session_id"]),
+        behavior_session_uuid="None", stimulus_frame_rate=60.0,
+        session_type=str(session["session_type"]), equipment_name=str(session["equipment_name"]),
+        project_code=str(session["project_code"])))
+
+
 class SessionNwbWriter:
     """Write the NWB file of any ecephys session of the VBN tables (a context manager).
 
@@ -210,16 +238,15 @@ class SessionNwbWriter:
         from pynwb.ecephys import LFP, ElectricalSeries, ElectrodesTable
 
         sid, probe_id = int(session["ecephys_session_id"]), int(probe["ecephys_probe_id"])
-        when = dt.datetime.strptime(session["date_of_acquisition"], "%Y-%m-%d %H:%M:%S.%f+00:00")
-        when = when.replace(tzinfo=dt.timezone.utc)
         chans = self._channels.get_group(sid)
         chans = chans[(chans["ecephys_probe_id"] == probe_id)
                       & (chans["probe_channel_number"] % LFP_CHANNEL_STEP == 0)]
         rate = float(probe["lfp_sampling_rate"]) / 2  # the AllenSDK's files halve the LFP band's rate
         content = self.content(session)
         start = float(content.stimulus_timestamps[0])
-        times = np.round(start + np.arange(int(LFP_SECONDS * rate)) / rate, 6)
         rng = np.random.default_rng(probe_id)
+        n_times = int(LFP_SECONDS * rate)  # the acquisition clock's times, with its jitter
+        times = np.round(start + np.arange(n_times) / rate + rng.normal(0, 2e-6, n_times), 7)
         cortex = chans["structure_acronym"].astype(str).str.startswith("VIS").to_numpy()
         depth = chans["probe_vertical_position"].to_numpy(float)
         noise = np.cumsum(rng.normal(0, 1, (len(times), len(chans))), axis=0)
@@ -235,8 +262,8 @@ class SessionNwbWriter:
             # the region is built before its series joins the file (as the AllenSDK's writer does)
             warnings.filterwarnings("ignore", message="The linked table for DynamicTableRegion")
             nwb = NWBFile(session_description="LFP data and associated info for one probe (synthetic sample)",
-                          identifier=str(probe_id), session_id=str(sid), session_start_time=when,
-                          file_create_date=[when], institution=INSTITUTION)
+                          identifier=str(probe_id), **_header(session))
+            _add_subject_and_metadata(nwb, session)
             device = extension_class("EcephysProbe", "ndx-aibs-ecephys")(
                 name=probe["name"], description="Neuropixels 1.0 Probe (synthetic sample)", probe_id=probe_id,
                 sampling_rate=float(probe["sampling_rate"]))
@@ -283,30 +310,11 @@ class SessionNwbWriter:
         from pynwb import NWBFile, ProcessingModule, TimeSeries
 
         sid = int(session["ecephys_session_id"])
-        when = dt.datetime.strptime(session["date_of_acquisition"], "%Y-%m-%d %H:%M:%S.%f+00:00")
-        when = when.replace(tzinfo=dt.timezone.utc)
         nwb = NWBFile(
             session_description=(f"SYNTHETIC sample of ecephys session {sid} (abc_helpers sample world; "
                                  "not real data)"),
-            identifier=str(sid), session_id=str(sid), session_start_time=when, file_create_date=[when],
-            institution=INSTITUTION, stimulus_notes=str(session["session_type"]),
-            experiment_description=("Synthetic sample of a Visual Behavior Neuropixels session: change "
-                                    "detection with natural images, receptive-field gabors, full-field "
-                                    "flashes, passive replay and optotagging (abc_helpers)."),
-            keywords=["synthetic", "visual behavior", "neuropixels", "change detection"])
-        drivers, reporter = genotype_lines(str(session["genotype"]))
-        subject_cls = extension_class("BehaviorSubject", "ndx-aibs-behavior-ophys")
-        nwb.subject = subject_cls(
-            subject_id=str(session["mouse_id"]), description="A synthetic visual behavior subject",
-            age=f"P{int(session['age_in_days'])}D", genotype=str(session["genotype"]),
-            sex=str(session["sex"]), species="Mus musculus", reporter_line=reporter,
-            **({"driver_line": drivers} if drivers else {}))
-        metadata_cls = extension_class("BehaviorMetadata", "ndx-aibs-behavior-ophys")
-        nwb.add_lab_meta_data(metadata_cls(
-            name="metadata", behavior_session_id=int(session["behavior_session_id"]),
-            behavior_session_uuid="None", stimulus_frame_rate=60.0,
-            session_type=str(session["session_type"]), equipment_name=str(session["equipment_name"]),
-            project_code=str(session["project_code"])))
+            identifier=str(sid), **_header(session))
+        _add_subject_and_metadata(nwb, session)
         task_cls = extension_class("BehaviorTaskParameters", "ndx-aibs-behavior-ophys")
         task = dict(content.task_parameters)
         for key in ("blank_duration_sec", "response_window_sec"):

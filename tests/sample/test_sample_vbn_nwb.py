@@ -1,6 +1,6 @@
-"""The sample's VBN session NWB files: valid NWB 2.7.0 (pynwb validator, nwbinspector) and realistic spikes.
+"""The sample's VBN NWB files (sessions, LFP): valid NWB 2.7.0 (pynwb validator, nwbinspector), realistic spikes.
 
-nwbinspector (the NWB best-practice checker DANDI runs) inspects every session file: no CRITICAL
+nwbinspector (the NWB best-practice checker DANDI runs) inspects every session and LFP file: no CRITICAL
 message and no BEST_PRACTICE_VIOLATION, but one known false positive: ``check_data_orientation`` on
 the stimulus templates (an image stack, 8 images x rows x columns, whose first axis is not the longest:
 the check assumes time series; DANDI's own configuration lowers it because it is "not 100% accurate").
@@ -21,10 +21,16 @@ from abc_helpers.sources import VBN_BUCKET
 
 
 @pytest.fixture(scope="module")
-def session_files(tmp_path_factory) -> list[Path]:
-    """Every session NWB file of the VBN-only sample world (built once per run)."""
+def nwb_files(tmp_path_factory) -> list[Path]:
+    """Every NWB file (sessions and LFP) of the VBN-only sample world (built once per run)."""
     world = shared_world(tmp_path_factory, ("vbn",))
-    files = sorted((world / "s3" / VBN_BUCKET).rglob("ecephys_session_*.nwb"))
+    return sorted((world / "s3" / VBN_BUCKET).rglob("*.nwb"))
+
+
+@pytest.fixture(scope="module")
+def session_files(nwb_files) -> list[Path]:
+    """Every session NWB file (``ecephys_session_<id>.nwb``)."""
+    files = [p for p in nwb_files if p.name.startswith("ecephys_session_")]
     assert len(files) == vbn.SAMPLE_SCALE.n_nwb
     return files
 
@@ -36,12 +42,13 @@ def _allowed(message) -> bool:
 
 
 @pytest.mark.slow
-def test_nwbinspector_finds_no_critical_issue_and_no_violation(session_files):
-    """nwbinspector over every session file: 0 CRITICAL, 0 BEST_PRACTICE_VIOLATION, no validation error."""
+def test_nwbinspector_finds_no_critical_issue_and_no_violation(nwb_files, session_files):
+    """nwbinspector over every session and LFP file: 0 CRITICAL, 0 BEST_PRACTICE_VIOLATION, no validation error."""
     nwbinspector = pytest.importorskip("nwbinspector")
+    assert len(nwb_files) > len(session_files)  # the LFP files too
     counts: Counter[str] = Counter()
     serious = []
-    for path in session_files:
+    for path in nwb_files:
         for message in nwbinspector.inspect_nwbfile(nwbfile_path=path):
             counts[message.importance.name] += 1
             if message.importance.value >= nwbinspector.Importance.BEST_PRACTICE_VIOLATION.value \
@@ -52,11 +59,12 @@ def test_nwbinspector_finds_no_critical_issue_and_no_violation(session_files):
     assert counts["CRITICAL"] == len(session_files)  # exactly the one known false positive per file
 
 
-def test_pynwb_validator_passes(session_files):
+def test_pynwb_validator_passes(nwb_files, session_files):
     """The pynwb validator, against the schema each file caches (NWB core 2.7.0 and the extensions)."""
     from pynwb import validate
 
-    for path in session_files[:4]:
+    lfp = [p for p in nwb_files if p.name.endswith("_lfp.nwb")]
+    for path in session_files[:3] + lfp[:2]:
         assert validate(path=str(path)) == [], path.name
 
 
