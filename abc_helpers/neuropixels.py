@@ -22,7 +22,6 @@ core, :class:`abc_helpers.cachefolder.CacheFolder`, shared with :class:`~abc_hel
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import os
@@ -41,6 +40,7 @@ from .cachefolder import (
     check_relative_path,
     link_or_copy,
 )
+from .neuropixels_session import VbnEcephysSession
 from .sources import VBN_BUCKET, Source, get_source
 from .transfer import download, file_hash, list_objects
 
@@ -550,8 +550,22 @@ class VbnProjectCache:
         return self._fetch(entry)
 
     def get_ecephys_session(self, ecephys_session_id: int) -> VbnEcephysSession:
-        """Download (once) and open the NWB file of an ecephys session with pynwb."""
-        return VbnEcephysSession(self.get_ecephys_session_path(ecephys_session_id))
+        """Download (once) and open the NWB file of an ecephys session with pynwb.
+
+        As the AllenSDK does, the probes with ``has_lfp_data`` in the probes table carry their
+        ``lfp_sampling_rate`` from that table.
+        """
+        path = self.get_ecephys_session_path(ecephys_session_id)
+        probes = self.get_probe_table()
+        probes = probes[(probes["ecephys_session_id"] == int(ecephys_session_id)) & probes["has_lfp_data"]]
+        files = self.manifest["data_files"]
+
+        def getter(file_id: int):  # downloads the probe's LFP file when get_lfp asks for it
+            return lambda: self._fetch(files[str(file_id)])
+
+        lfp = {str(p.name): (getter(int(p.file_id)) if str(int(p.file_id)) in files else None,
+                             float(p.lfp_sampling_rate)) for p in probes.itertuples()}
+        return VbnEcephysSession(path, probe_lfp=lfp)
 
     # -- direct links --------------------------------------------------------------------------------
     def _link_source(self) -> Source:
@@ -628,86 +642,3 @@ def read_table_csv(path: str | os.PathLike, name: str) -> pd.DataFrame:
         or ``'units'``.
     """
     return _to_frame(_read_csv_arrow(path), name)
-
-
-class VbnEcephysSession:
-    """An opened ecephys session NWB file: units, spike times, channels, probes and metadata.
-
-    A thin reader over pynwb (the AllenSDK's ``BehaviorEcephysSession`` has many more methods);
-    close it with :meth:`close` or use it in a ``with`` block.
-
-    Parameters
-    ----------
-    path : str or PathLike
-        The NWB file.
-    """
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        from pynwb import NWBHDF5IO
-
-        self.path = Path(path)
-        self._io = NWBHDF5IO(str(self.path), "r")
-        self.nwbfile = self._io.read()
-
-    @property
-    def ecephys_session_id(self) -> int:
-        """The session id."""
-        return int(self.nwbfile.session_id)
-
-    @property
-    def metadata(self) -> dict:
-        """Session and subject facts, as a dict."""
-        subject = self.nwbfile.subject
-        return {"ecephys_session_id": self.ecephys_session_id,
-                "session_start_time": self.nwbfile.session_start_time.astimezone(dt.timezone.utc),
-                "session_type": self.nwbfile.stimulus_notes,
-                "mouse_id": subject.subject_id, "sex": subject.sex, "age": subject.age,
-                "full_genotype": subject.genotype,
-                "session_description": self.nwbfile.session_description}
-
-    def get_units(self) -> pd.DataFrame:
-        """Return the units table (index ``unit_id``) without the spike times."""
-        df = self.nwbfile.units.to_dataframe(exclude={"spike_times"})
-        df.index.name = "unit_id"
-        return df
-
-    @property
-    def spike_times(self) -> dict[int, np.ndarray]:
-        """``{unit_id: spike times in seconds}``."""
-        units = self.nwbfile.units
-        return {int(uid): np.asarray(units["spike_times"][i]) for i, uid in enumerate(units.id[:])}
-
-    def get_channels(self) -> pd.DataFrame:
-        """Return the channels (electrodes) table, index ``ecephys_channel_id``, CCF coordinates
-        as ``anterior_posterior_ccf_coordinate`` etc."""
-        df = self.nwbfile.electrodes.to_dataframe().drop(columns="group")
-        df = df.rename(columns={"x": "anterior_posterior_ccf_coordinate",
-                                "y": "dorsal_ventral_ccf_coordinate",
-                                "z": "left_right_ccf_coordinate", "location": "structure_acronym",
-                                "group_name": "probe_name"})
-        df.index.name = "ecephys_channel_id"
-        return df
-
-    @property
-    def probes(self) -> pd.DataFrame:
-        """One row per probe: name and description."""
-        groups = self.nwbfile.electrode_groups
-        return pd.DataFrame({"name": list(groups),
-                             "description": [g.description for g in groups.values()]}).set_index("name")
-
-    def list_data_attributes_and_methods(self) -> list[str]:
-        """Names of this object's public attributes and methods."""
-        return sorted(n for n in dir(self) if not n.startswith("_"))
-
-    def close(self) -> None:
-        """Close the NWB file."""
-        self._io.close()
-
-    def __enter__(self) -> VbnEcephysSession:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"VbnEcephysSession({self.ecephys_session_id}, '{self.path.name}')"

@@ -67,7 +67,9 @@ def test_mirror_layout(mirror_dir):
                     (mirror_dir / VBN / "_versions").glob("*/visual-behavior-neuropixels/project_metadata/units.csv")}
     assert stored_units == units_versions and len(units_versions) >= 2  # units.csv changed between versions
     nwb = list((mirror_dir / VBN / "visual-behavior-neuropixels/behavior_ecephys_sessions").rglob("*.nwb"))
-    assert [p.name for p in nwb] == [f"ecephys_session_{SESSION}.nwb"]
+    assert [p.name for p in nwb if p.name.startswith("ecephys_session_")] == [f"ecephys_session_{SESSION}.nwb"]
+    lfp = [p for p in nwb if not p.name.startswith("ecephys_session_")]  # the session's probes' LFP files
+    assert all(p.parent.name == str(SESSION) and re.fullmatch(r"probe_probe[A-F]_lfp\.nwb", p.name) for p in lfp)
     records = json.loads((mirror_dir / "allen-api" / "section_data_sets.json").read_text())["section_data_sets"]
     assert {g["acronym"] for r in records for g in r["genes"]} == set(ISH_GENES)
     assert {r["plane_of_section"]["name"] for r in records} == {"coronal", "sagittal"}
@@ -208,4 +210,5 @@ def test_first_session_is_the_chapters_default(sample_source, tmp_path):
     expected = next(int(sid) for sid, fid in sessions["file_id"].items() if str(fid) in files)
     fill_vbn(tmp_path / "mirror", source=sample_source, manifests="all", sessions="first", progressbar=False)
     nwb = sorted((tmp_path / "mirror" / VBN / "visual-behavior-neuropixels").rglob("*.nwb"))
-    assert [p.name for p in nwb] == [f"ecephys_session_{expected}.nwb"]
+    assert [p.name for p in nwb if p.name.startswith("ecephys_session_")] == [f"ecephys_session_{expected}.nwb"]
+    assert {p.parent.name for p in nwb} == {str(expected)}  # and the LFP files of its probes, if any

@@ -184,8 +184,9 @@ def test_open_ecephys_session(cache):
         assert sorted(units.index) == sorted(expected.index)
         spikes = session.spike_times
         assert set(spikes) == set(units.index) and all(np.all(np.diff(t) >= 0) for t in spikes.values())
-        channels = session.get_channels()
+        channels = session.get_channels(filter_by_validity=False)
         assert len(channels) == 384 * sessions.loc[sid, "probe_count"]
+        assert len(session.get_channels()) == len(channels) - channels["valid_data"].eq(False).sum()
         assert session.metadata["ecephys_session_id"] == sid
         assert "get_units" in session.list_data_attributes_and_methods()
     # v0.2.0 did not have the file of the session that v0.3.0 added

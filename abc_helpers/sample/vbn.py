@@ -11,7 +11,7 @@ real bucket ``visual-behavior-neuropixels-data``::
 
 The sample's release history (invented, shaped like the real one):
 
-* ``v0.1.0``: the five tables and the NWB files of all sessions but one; ``units.csv`` without
+* ``v0.1.0``: the five tables, the NWB files of all sessions but one and the LFP files; ``units.csv`` without
   ``quality`` and with ``amplitude`` twice too large (the real scaling bug fixed in the real
   v0.5.0);
 * ``v0.2.0``: ``units.csv`` changed (amplitude fixed, ``quality`` added): a new S3 version;
@@ -21,9 +21,10 @@ The sample's release history (invented, shaped like the real one):
 Probe tracks are straight lines through the sample brain (:mod:`.brain`); each channel's
 ``structure_acronym`` is the annotation at its CCF coordinate (the area for cortical layers,
 ``'DG'`` for the dentate gyrus's layers, ``'root'`` outside the brain) and units inherit their
-channel's. The NWB files (:mod:`.vbn_nwb`) are small (units, spike times for 10 s, electrodes)
-and plain NWB: the AllenSDK's ``get_ecephys_session`` cannot open them, because it reads the
-behavior and stimulus data of a full session through the Allen NWB extensions.
+channel's. The session NWB files (:mod:`.vbn_nwb`, content drawn by :mod:`.vbn_session`) have the
+structure of the real ones (the Allen NWB extensions; the AllenSDK's ``get_ecephys_session`` opens
+them) over a session shortened to a few minutes; the probes of the first
+:attr:`VbnScale.n_lfp_sessions` sessions have LFP files (``probe_<name>_lfp.nwb``), the others none.
 """
 
 from __future__ import annotations
@@ -130,6 +131,10 @@ class VbnScale:
         Sessions that have a ``file_id`` and an NWB file (the first ones in table order; the real
         release has one for every session). The others get ``file_id`` -999, as rows without a
         file do in the real tables.
+    n_lfp_sessions : int
+        Sessions (the first ones in table order) whose probes have LFP files (``has_lfp_data``; 869 of
+        the 905 real probes have one). The other probes have none: ``has_lfp_data`` False and
+        ``file_id`` -999.
     """
 
     n_sessions: int
@@ -138,14 +143,15 @@ class VbnScale:
     n_units: int
     n_behavior_only: int
     n_nwb: int
+    n_lfp_sessions: int = 2
 
 
 #: The sample world: tens of sessions, a few hundred probes, tens of thousands of channels.
 SAMPLE_SCALE = VbnScale(n_sessions=32, n_abnormal=10, n_probes=180, n_units=12_600,
-                        n_behavior_only=160, n_nwb=32)
+                        n_behavior_only=160, n_nwb=32, n_lfp_sessions=2)
 #: The real release's counts (v0.4.0): 153 sessions (50 abnormal), 905 probes, 319,013 units.
 FULL_SCALE = VbnScale(n_sessions=153, n_abnormal=50, n_probes=905, n_units=319_013,
-                      n_behavior_only=3271, n_nwb=153)
+                      n_behavior_only=3271, n_nwb=153, n_lfp_sessions=153)
 
 
 def channel_structure(structure_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -284,7 +290,8 @@ def build_tables(scale: VbnScale = SAMPLE_SCALE, seed: int = _SEED) -> dict[str,
     n_p = len(sess_idx)
     probe_sid = eph["ecephys_session_id"].to_numpy("int64")[sess_idx]
     probe_ids = probe_sid + 120_000 + probe_letter
-    has_lfp = rng.random(n_p) < 0.96
+    drawn_lfp = rng.random(n_p) < 0.96
+    has_lfp = drawn_lfp & (sess_idx < scale.n_lfp_sessions)  # LFP files for the first sessions' probes only
     sampling = np.round(30_000 + rng.normal(0, 0.08, n_p), 6)
 
     # -- channels: 384 per probe along a straight synthetic track -----------------------------
@@ -385,7 +392,7 @@ def build_tables(scale: VbnScale = SAMPLE_SCALE, seed: int = _SEED) -> dict[str,
         "unit_count": per_probe, "channel_count": _CHANNELS_PER_PROBE,
         "structure_acronyms": [str(s) for s in probe_structs], "file_id": probe_file_id,
     })
-    next_file_id = int(has_lfp.sum())
+    next_file_id = int(drawn_lfp.sum())  # the session files' ids do not depend on n_lfp_sessions
 
     abnormal = np.zeros(n_s, bool)
     abnormal[rng.choice(n_s, scale.n_abnormal, replace=False)] = True
@@ -458,10 +465,13 @@ def blake2b_hex(data: bytes) -> str:
     return hashlib.blake2b(data).hexdigest()
 
 
-def relative_key(kind: str, name: str | int) -> str:
-    """Return the bucket key of a metadata table (*kind* ``"metadata"``) or a session NWB file."""
+def relative_key(kind: str, name: str | int, probe: str | None = None) -> str:
+    """Return the bucket key of a metadata table (*kind* ``"metadata"``), a session NWB file (``"nwb"``,
+    *name* the session id) or a probe's LFP file (``"lfp"``, *name* the session id, *probe* its name)."""
     if kind == "metadata":
         return f"{PREFIX}/project_metadata/{name}.csv"
+    if kind == "lfp":
+        return f"{PREFIX}/behavior_ecephys_sessions/{name}/probe_{probe}_lfp.nwb"
     return f"{PREFIX}/behavior_ecephys_sessions/{name}/ecephys_session_{name}.nwb"
 
 
@@ -529,24 +539,35 @@ def generate(writer: WorldWriter) -> None:
     late = int(with_nwb.index[normal.to_numpy()][-1])  # a session whose file comes in v0.3.0
 
     with tempfile.TemporaryDirectory(prefix="vbn-") as folder, SessionNwbWriter(tables) as nwb:
-        def put_nwb(session: pd.Series, version: str) -> tuple[int, str]:
-            key = relative_key("nwb", int(session["ecephys_session_id"]))
+        lfp_probes = tables["probes"][tables["probes"]["has_lfp_data"]].groupby("ecephys_session_id")
+
+        def put_nwb(session: pd.Series, version: str) -> dict[int, str]:
+            sid = int(session["ecephys_session_id"])
+            key = relative_key("nwb", sid)
             path = Path(folder) / "session.nwb"
             nwb.write(path, session)
             put(key, path.read_bytes(), version)
-            return int(session["file_id"]), key
+            keys = {int(session["file_id"]): key}
+            if sid in lfp_probes.groups:
+                for _, probe in lfp_probes.get_group(sid).iterrows():
+                    lfp_key = relative_key("lfp", sid, probe["name"])
+                    nwb.write_lfp(path, session, probe)
+                    put(lfp_key, path.read_bytes(), version)
+                    keys[int(probe["file_id"])] = lfp_key
+            return keys
 
         # v0.1.0: every table (the old units.csv) and the NWB files of every session but one
         for name in TABLE_NAMES:
             df = units_v010(tables[name]) if name == "units" else tables[name]
             put(relative_key("metadata", name), csv_bytes(df), "0.1.0")
-        data_keys = dict(put_nwb(row, "0.1.0") for i, row in with_nwb.iterrows() if i != late)
+        data_keys = {fid: key for i, row in with_nwb.iterrows() if i != late
+                     for fid, key in put_nwb(row, "0.1.0").items()}
         manifests = {"0.1.0": manifest_bytes(writer, "0.1.0", data_keys, hashes)}
         # v0.2.0: units.csv fixed (a new S3 version of the same key)
         put(relative_key("metadata", "units"), csv_bytes(tables["units"]), "0.2.0")
         manifests["0.2.0"] = manifest_bytes(writer, "0.2.0", data_keys, hashes)
         # v0.3.0: the last session's NWB file
-        data_keys.update([put_nwb(with_nwb.loc[late], "0.3.0")])
+        data_keys.update(put_nwb(with_nwb.loc[late], "0.3.0"))
         manifests["0.3.0"] = manifest_bytes(writer, "0.3.0", data_keys, hashes)
     for version, data in manifests.items():
         writer.put_bytes(VBN_BUCKET, manifest_key(version), data, last_modified=VERSIONS[version])

@@ -28,6 +28,7 @@ from support.notebooks import BOOK
 
 from abc_helpers.ish.grids import GRID_BYTES, GRID_SIZE
 from abc_helpers.manifest import Manifest, format_size
+from abc_helpers.sample import vbn_session
 
 DATA = BOOK.parent / "tests" / "data"
 RESULTS = BOOK.parent / "bench" / "results"
@@ -137,6 +138,8 @@ _LINKING = _MERFISH + _size("Allen-CCF-2020", "annotation_10") + _size("WMB-10X"
 ABC_TUTORIAL = "https://github.com/AllenInstitute/abc_atlas_access (notebooks: getting_started, 10x_snRNASeq_tutorial_part_1/2a, printed outputs)"
 VBN_TUTORIAL = ("https://allensdk.readthedocs.io/en/latest/_static/examples/nb/"
                 "visual_behavior_neuropixels_data_access.html (printed outputs)")
+VBN_TASK = ("https://allensdk.readthedocs.io/en/latest/visual_behavior_neuropixels.html: images flashed for "
+            "250 ms, then 500 ms of grey screen (the sample's sessions draw the same, vbn_session.FLASH_*)")
 
 
 @dataclass(frozen=True)
@@ -223,6 +226,9 @@ FACTS: dict[str, Fact] = {
     "2 GB": cited(VBN_TUTORIAL + ": ecephys_session_1052533639.nwb 2.31G"),
     "384 per probe": cited("https://allensdk.readthedocs.io/en/latest/visual_behavior_neuropixels.html"),
     "40 units": arithmetic(lambda: "index[:40]" in _source("neuropixels_metadata")),
+    # the change-detection task: the real task's flashes (cited), which the sample's sessions draw
+    "250 ms": Fact(VBN_TASK, lambda: vbn_session.FLASH_ON_S == 0.25),
+    "750 ms": Fact(VBN_TASK, lambda: vbn_session.FLASH_PERIOD_S == 0.75),
     # the served gene index benchmark (test_figures.py checks the sentences)
     "2,000 values": Fact("bench/results/gene_extraction.json", lambda: f"{_bench('gene_extraction')['nnz'] / _bench('gene_extraction')['cells']:,.0f}"[:1] == "2"),
     "25 bytes": Fact("bench/results/remote_gene_index.json", lambda: f"{_per_cell():.0f} bytes"),

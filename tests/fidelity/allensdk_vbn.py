@@ -17,10 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 import traceback
 import warnings
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+from session_calls import session_calls  # tests/support: numpy and pandas only
 
 
 def _table(df) -> dict:
@@ -67,6 +71,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache-dir", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--sessions", action="store_true",
+                        help="open every session with a file and summarise each call (the first in full)")
+    parser.add_argument("--max-sessions", type=int, default=None, help="open only the first N sessions")
     args = parser.parse_args()
 
     import allensdk
@@ -134,6 +141,15 @@ def main() -> int:
             units = _call(results, "session.get_units", session.get_units)
             if units is not None:
                 results["session.get_units"].update(_table(units))
+        if args.sessions:
+            results["sessions"] = {}
+            everything = frames.get("ecephys_sessions_unfiltered")
+            every = [int(s) for s, fid in everything["file_id"].items() if int(fid) in data_ids] \
+                if everything is not None else chosen
+            for number, other in enumerate(every[:args.max_sessions]):
+                opened = _call(results, f"open:{other}", lambda o=other: cache.get_ecephys_session(ecephys_session_id=o))
+                if opened is not None:
+                    results["sessions"][str(other)] = session_calls(opened, full=number == 0)
         path = next(args.cache_dir.rglob(f"ecephys_session_{sid}.nwb"), None)
         if path is not None:
             value("pynwb_read", lambda: _read_nwb(path))

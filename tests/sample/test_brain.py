@@ -318,12 +318,13 @@ def test_every_session_with_a_file_id_has_its_nwb(vbn_cache):
             assert session.nwbfile.session_id == str(sid)
             assert "SYNTHETIC" in session.nwbfile.session_description
             assert sorted(session.get_units().index) == sorted(units.index[units["ecephys_session_id"] == sid])
-            got = session.get_channels()
+            got = session.get_channels(filter_by_validity=False)
             expected = channels[channels["ecephys_session_id"] == sid]
             assert list(got.index) == list(expected.index)
             assert (got["structure_acronym"] == expected["structure_acronym"]).all()
-            assert sorted(session.probes.index) == sorted(
-                vbn_cache.get_probe_table().query("ecephys_session_id == @sid")["name"])
+            probes = vbn_cache.get_probe_table().query("ecephys_session_id == @sid")
+            assert sorted(session.probes.index) == sorted(probes.index)
+            assert sorted(session.probes["name"]) == sorted(probes["name"])
 
 
 # -- ABC: MERFISH cells, 10x regions ------------------------------------------------------------------------

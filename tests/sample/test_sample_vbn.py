@@ -159,8 +159,9 @@ def test_nwb_files_open_with_pynwb(world):
     pynwb = pytest.importorskip("pynwb")
     units, channels = _table(world, "units"), _table(world, "channels")
     m3 = _manifest(world, "0.3.0")
-    assert len(m3["data_files"]) == vbn.SAMPLE_SCALE.n_nwb
-    for entry in m3["data_files"].values():
+    sessions = [e for e in m3["data_files"].values() if "/ecephys_session_" in e["url"]]
+    assert len(sessions) == vbn.SAMPLE_SCALE.n_nwb
+    for entry in sessions:
         path = world / "s3" / VBN_BUCKET / entry["url"][len(vbn.REAL_BUCKET_URL):]
         sid = int(path.parent.name)
         with pynwb.NWBHDF5IO(str(path), "r") as nwb_io:
@@ -172,6 +173,26 @@ def test_nwb_files_open_with_pynwb(world):
             assert sum(len(t) for t in table["spike_times"]) > 0
             assert set(nwb.electrodes.id[:]) == set(
                 channels.loc[channels["ecephys_session_id"] == sid, "ecephys_channel_id"])
+
+
+def test_lfp_files_for_the_probes_with_lfp_data(world):
+    """The probes with has_lfp_data (those of the first sessions) have a probe_<name>_lfp.nwb file, by file_id."""
+    pynwb = pytest.importorskip("pynwb")
+    probes, sessions = _table(world, "probes"), _table(world, "ecephys_sessions")
+    with_lfp = probes[probes["has_lfp_data"]]
+    first = set(sessions["ecephys_session_id"][:vbn.SAMPLE_SCALE.n_lfp_sessions])
+    assert set(with_lfp["ecephys_session_id"]) == first and len(with_lfp) > 0
+    assert (probes.loc[~probes["has_lfp_data"], "file_id"] == -999).all()
+    data_files = _manifest(world, "0.3.0")["data_files"]
+    for probe in with_lfp.itertuples():
+        key = vbn.relative_key("lfp", probe.ecephys_session_id, probe.name)
+        assert data_files[str(probe.file_id)]["url"] == vbn.REAL_BUCKET_URL + key
+        with pynwb.NWBHDF5IO(str(world / "s3" / VBN_BUCKET / key), "r") as nwb_io:
+            nwb = nwb_io.read()
+            lfp = nwb.acquisition[f"probe_{probe.ecephys_probe_id}_lfp"]
+            series = lfp.electrical_series[f"probe_{probe.ecephys_probe_id}_lfp_data"]
+            assert series.data.shape == (len(series.timestamps), len(nwb.electrodes))
+            assert nwb.electrode_groups[probe.name].lfp_sampling_rate == pytest.approx(probe.lfp_sampling_rate)
 
 
 def test_server_serves_versions_and_listings(sample_source):
