@@ -51,11 +51,13 @@ from .neuropixels import (
     get_manifest_url,
     get_metadata_url,
 )
+from .rangefile import RangeFile
 from .runinfo import run_information
 from .sources import Source, get_source
 from .transfer import (
     DownloadError,
     DownloadJob,
+    ObjectChanged,
     download,
     download_many,
     file_hash,
@@ -77,7 +79,9 @@ __all__ = [
     "Manifest",
     "ManifestComparison",
     "MissingCellsWarning",
+    "ObjectChanged",
     "OutdatedManifestWarning",
+    "RangeFile",
     "ReadOnlyLocalCacheWarning",
     "Source",
     "VbnEcephysSession",
