@@ -29,6 +29,7 @@ import os
 import re
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -43,6 +44,9 @@ from .cachefolder import (
 )
 from .sources import VBN_BUCKET, Source, get_source
 from .transfer import download, file_hash, list_objects
+
+if TYPE_CHECKING:
+    from .rangefile import RangeFile
 
 LOGGER = logging.getLogger("abc_helpers")
 
@@ -426,9 +430,10 @@ class VbnProjectCache:
                              f"outside the cache folder '{self._cache_dir}': refused.") from None
         return rel
 
-    def _fetch(self, entry: dict) -> Path:
+    def _fetch(self, entry: dict, download_missing: bool = True) -> Path | None:
         """Return the local path of a manifest entry: recorded, reused from another version, or
-        downloaded (verified with its blake2b hash)."""
+        downloaded (verified with its blake2b hash); None if it is not here and
+        *download_missing* is False."""
         rel = self._local_rel(entry)
         path = self._folder.path(rel)
         expected = entry["file_hash"].lower()
@@ -452,6 +457,8 @@ class VbnProjectCache:
                 link_or_copy(parsed, path.parent / f"{path.stem}.{expected[:16]}.parquet")
             self._folder.record({rel: known})
             return path
+        if not download_missing:
+            return None
         if self.local:
             raise FileNotFoundError(f"'{rel}' is not in the local cache '{self._cache_dir}'. Use "
                                     f"{_UI}.from_s3_cache to download it.")
@@ -469,7 +476,12 @@ class VbnProjectCache:
 
     def get_metadata_path(self, metadata_table_name: str) -> Path:
         """Download (once) a metadata CSV of the current manifest and return its local path."""
-        return self._fetch(self._metadata_entry(metadata_table_name.removesuffix(".csv")))
+        return self._fetched(self._metadata_entry(metadata_table_name.removesuffix(".csv")))
+
+    def _fetched(self, entry: dict) -> Path:
+        path = self._fetch(entry)
+        assert path is not None  # _fetch downloads what is missing
+        return path
 
     # -- tables ------------------------------------------------------------------------------------
     def _table(self, name: str) -> pd.DataFrame:
@@ -482,7 +494,7 @@ class VbnProjectCache:
         import pyarrow.parquet as pq
 
         entry = self._metadata_entry(name)
-        path = self._fetch(entry)
+        path = self._fetched(entry)
         parsed = path.with_name(f"{path.stem}.{entry['file_hash'].lower()[:16]}.parquet")
         if parsed.is_file():
             try:
@@ -531,8 +543,8 @@ class VbnProjectCache:
         return self._table("units")
 
     # -- sessions ----------------------------------------------------------------------------------
-    def get_ecephys_session_path(self, ecephys_session_id: int) -> Path:
-        """Download (once) the NWB file of an ecephys session and return its local path."""
+    def _session_entry(self, ecephys_session_id: int) -> dict:
+        """The manifest entry of a session's NWB file (KeyError / FileNotFoundError if none)."""
         sessions = self.get_ecephys_session_table(filter_abnormalities=False)
         sid = int(ecephys_session_id)
         if sid not in sessions.index:
@@ -547,11 +559,46 @@ class VbnProjectCache:
                           if str(sessions.loc[i, "file_id"]) in self.manifest["data_files"])
             raise FileNotFoundError(f"Ecephys session {sid} (file_id {file_id}) has no NWB file in "
                                     f"{self._manifest_name}. Sessions with a file: {have}.")
-        return self._fetch(entry)
+        return entry
 
-    def get_ecephys_session(self, ecephys_session_id: int) -> VbnEcephysSession:
-        """Download (once) and open the NWB file of an ecephys session with pynwb."""
-        return VbnEcephysSession(self.get_ecephys_session_path(ecephys_session_id))
+    def get_ecephys_session_path(self, ecephys_session_id: int) -> Path:
+        """Download (once) the NWB file of an ecephys session and return its local path."""
+        return self._fetched(self._session_entry(ecephys_session_id))
+
+    def get_ecephys_session(self, ecephys_session_id: int, stream: bool = False) -> VbnEcephysSession:
+        """Open the NWB file of an ecephys session with pynwb: downloaded (once), or streamed.
+
+        Parameters
+        ----------
+        ecephys_session_id : int
+            The session.
+        stream : bool
+            False (the AllenSDK's way): download the whole file (about 2 GB on real data) once,
+            then open it. True: read only what the calls ask for, over HTTP range requests
+            pinned to the manifest's version of the file; the blocks fetched are kept in the
+            cache folder, so opening the session again fetches nothing. A file already
+            downloaded, or whose every block is kept, is read locally either way.
+
+        Returns
+        -------
+        VbnEcephysSession
+            Close it (or use ``with``); for a streamed session, ``session.stream.stats`` says
+            what was fetched.
+        """
+        entry = self._session_entry(ecephys_session_id)
+        if not stream:
+            return VbnEcephysSession(self._fetched(entry))
+        from .session_stream import open_streamed
+
+        local = self._fetch(entry, download_missing=False)
+        if local is not None:
+            return VbnEcephysSession(local)
+        rel = self._local_rel(entry)
+        url = self._src.object_url(VBN_BUCKET, _relative_key(entry["url"]), version_id=entry["version_id"])
+        session, saved = open_streamed(url, self._folder.path(rel), f"blake2b:{entry['file_hash'].lower()}")
+        if saved:
+            self._folder.record({rel: f"blake2b:{entry['file_hash'].lower()}"})
+        return session
 
     # -- direct links --------------------------------------------------------------------------------
     def _link_source(self) -> Source:
@@ -642,11 +689,18 @@ class VbnEcephysSession:
         The NWB file.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, stream: RangeFile | None = None) -> None:
         from pynwb import NWBHDF5IO
 
         self.path = Path(path)
-        self._io = NWBHDF5IO(str(self.path), "r")
+        #: The file read over HTTP ranges (``stream.stats``: what was fetched), or None if local.
+        self.stream = stream
+        if stream is None:
+            self._io = NWBHDF5IO(str(self.path), "r")
+        else:
+            import h5py
+
+            self._io = NWBHDF5IO(file=h5py.File(stream, "r"), mode="r")
         self.nwbfile = self._io.read()
 
     @property
@@ -700,8 +754,10 @@ class VbnEcephysSession:
         return sorted(n for n in dir(self) if not n.startswith("_"))
 
     def close(self) -> None:
-        """Close the NWB file."""
+        """Close the NWB file (and the HTTP stream of a streamed session)."""
         self._io.close()
+        if self.stream is not None:
+            self.stream.close()
 
     def __enter__(self) -> VbnEcephysSession:
         return self
