@@ -44,6 +44,7 @@ from .manifest import (
     format_size,
 )
 from .neuropixels import (
+    SessionFile,
     VbnEcephysSession,
     VbnProjectCache,
     generate_all_download_urls_from_manifest,
@@ -53,6 +54,7 @@ from .neuropixels import (
 )
 from .rangefile import RangeFile
 from .runinfo import run_information
+from .session_stream import SessionResults, map_sessions
 from .sources import Source, get_source
 from .transfer import (
     DownloadError,
@@ -83,6 +85,8 @@ __all__ = [
     "OutdatedManifestWarning",
     "RangeFile",
     "ReadOnlyLocalCacheWarning",
+    "SessionFile",
+    "SessionResults",
     "Source",
     "VbnEcephysSession",
     "VbnProjectCache",
@@ -109,6 +113,7 @@ __all__ = [
     "get_source",
     "list_objects",
     "load_expression_stack",
+    "map_sessions",
     "query_section_datasets",
     "read_gene_index_info",
     "read_grid",

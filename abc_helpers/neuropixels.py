@@ -28,8 +28,10 @@ import logging
 import os
 import re
 import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -46,12 +48,16 @@ from .sources import VBN_BUCKET, Source, get_source
 from .transfer import download, file_hash, list_objects
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
     from .rangefile import RangeFile
+    from .session_stream import SessionResults
 
 LOGGER = logging.getLogger("abc_helpers")
 
 __all__ = [
     "OutdatedManifestWarning",
+    "SessionFile",
     "VbnEcephysSession",
     "VbnProjectCache",
     "generate_all_download_urls_from_manifest",
@@ -196,6 +202,31 @@ def _diff(old: dict[str, str], new: dict[str, str]) -> list[tuple[str, str]]:
             changes.append((fname, f"{fname} deleted"))
     changes += [(f, f"{f} created") for f in new if f not in old and f not in renamed_to]
     return changes
+
+
+@dataclass(frozen=True)
+class SessionFile:
+    """Where the NWB file of a session is (:meth:`VbnProjectCache.get_ecephys_session_file`).
+
+    Attributes
+    ----------
+    ecephys_session_id : int
+        The session.
+    url : str
+        The file's URL pinned to the manifest's version (``?versionId=``); empty if ``local``.
+    path : Path
+        Where the file is, or would be once downloaded, in the cache folder.
+    known_hash : str
+        ``"blake2b:<hex>"`` from the manifest.
+    local : bool
+        True if the file is at *path*, whole and verified.
+    """
+
+    ecephys_session_id: int
+    url: str
+    path: Path
+    known_hash: str
+    local: bool
 
 
 class VbnProjectCache:
@@ -565,6 +596,20 @@ class VbnProjectCache:
         """Download (once) the NWB file of an ecephys session and return its local path."""
         return self._fetched(self._session_entry(ecephys_session_id))
 
+    def get_ecephys_session_file(self, ecephys_session_id: int) -> SessionFile:
+        """Where the NWB file of a session is: its versioned URL, its path here, its hash.
+
+        Nothing is downloaded; ``local`` says whether the file is already here (recorded, or the
+        same blake2b kept for another manifest version, which is then linked in).
+        """
+        entry = self._session_entry(ecephys_session_id)
+        local = self._fetch(entry, download_missing=False)
+        rel = self._local_rel(entry)
+        url = (self._src.object_url(VBN_BUCKET, _relative_key(entry["url"]), version_id=entry["version_id"])
+               if local is None else "")
+        return SessionFile(int(ecephys_session_id), url, self._folder.path(rel),
+                           f"blake2b:{entry['file_hash'].lower()}", local is not None)
+
     def get_ecephys_session(self, ecephys_session_id: int, stream: bool = False) -> VbnEcephysSession:
         """Open the NWB file of an ecephys session with pynwb: downloaded (once), or streamed.
 
@@ -583,22 +628,27 @@ class VbnProjectCache:
         -------
         VbnEcephysSession
             Close it (or use ``with``); for a streamed session, ``session.stream.stats`` says
-            what was fetched.
+            what was fetched and ``session.stream.size`` the file's size.
         """
-        entry = self._session_entry(ecephys_session_id)
         if not stream:
-            return VbnEcephysSession(self._fetched(entry))
-        from .session_stream import open_streamed
+            return VbnEcephysSession(self.get_ecephys_session_path(ecephys_session_id))
+        from .session_stream import open_session
 
-        local = self._fetch(entry, download_missing=False)
-        if local is not None:
-            return VbnEcephysSession(local)
-        rel = self._local_rel(entry)
-        url = self._src.object_url(VBN_BUCKET, _relative_key(entry["url"]), version_id=entry["version_id"])
-        session, saved = open_streamed(url, self._folder.path(rel), f"blake2b:{entry['file_hash'].lower()}")
+        session, saved = open_session(self.get_ecephys_session_file(ecephys_session_id))
         if saved:
-            self._folder.record({rel: f"blake2b:{entry['file_hash'].lower()}"})
+            self._folder.record({self._folder.relative(session.path): saved})
         return session
+
+    def map_sessions(self, function: Callable[[VbnEcephysSession], Any],
+                     ecephys_session_ids: Iterable[int], *, stream: bool = True,
+                     executor: Executor | None = None, max_workers: int = 8,
+                     progressbar: bool | None = None) -> SessionResults:
+        """Call ``function(session)`` on many sessions, streamed, in parallel; see
+        :func:`abc_helpers.session_stream.map_sessions` (this cache is its first argument)."""
+        from .session_stream import map_sessions
+
+        return map_sessions(self, function, ecephys_session_ids, stream=stream, executor=executor,
+                            max_workers=max_workers, progressbar=progressbar)
 
     # -- direct links --------------------------------------------------------------------------------
     def _link_source(self) -> Source:

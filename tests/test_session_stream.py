@@ -177,3 +177,30 @@ def test_streamed_session_fault_that_never_stops(faulty, tmp_path):
         cache.get_ecephys_session(sid, stream=True)
     message = str(info.value)
     assert f"'ecephys_session_{sid}.nwb'" in message and re.search("HTTP 503", message), message
+
+
+def unit_count(session: VbnEcephysSession) -> int:
+    """A module-level function, so a process pool can run it."""
+    return len(session.get_units())
+
+
+@pytest.mark.parametrize("kind", ["threads", "processes", "default"])
+def test_map_sessions(kind, server, source, tmp_path):
+    """map_sessions: one value per session, in the order asked, bytes reported, on any executor."""
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    cache = _cache(tmp_path / "c", source)
+    sids = [int(i) for i in cache.get_ecephys_session_table().index[:4]]
+    expected = cache.get_unit_table()["ecephys_session_id"].value_counts()
+    if kind == "default":
+        results = cache.map_sessions(unit_count, sids, progressbar=False)
+    else:
+        pool = ThreadPoolExecutor(3) if kind == "threads" else ProcessPoolExecutor(2)
+        with pool:
+            results = cache.map_sessions(unit_count, sids, executor=pool, progressbar=False)
+    assert list(results) == sids
+    assert all(results[sid] == expected[sid] for sid in sids)
+    assert list(results.report.index) == sids and results.report["streamed"].all()
+    assert 0 < results.bytes_fetched <= results.file_bytes
+    again = cache.map_sessions(unit_count, sids, progressbar=False)
+    assert again == results and again.bytes_fetched == 0  # kept blocks, or files written out
