@@ -34,8 +34,9 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from .cachefolder import atomic_path, atomic_write_text
@@ -152,6 +153,7 @@ class RangeFile(io.RawIOBase):
         self._last_end = -1
         self._ahead = 0
         self._pool: ThreadPoolExecutor | None = None
+        self._inflight: dict[int, Future] = {}
         info = self._read_info()
         if info is None:
             first = fetch_range(url, 0, block_size, what=self.what)
@@ -271,21 +273,42 @@ class RangeFile(io.RawIOBase):
             self._keep(index, blocks[index])
         return blocks
 
-    def _fetch(self, missing: list[int]) -> dict[int, bytes]:
-        runs = self._runs(missing)
-        if len(runs) == 1 or self.workers == 1:
-            out: dict[int, bytes] = {}
-            for run in runs:
-                out.update(self._fetch_run(run))
-            return out
+    def _executor(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="rangefile")
-            pool = self._pool
-        out = {}
-        for blocks in pool.map(self._fetch_run, runs):
+            return self._pool
+
+    def _fetch(self, missing: list[int]) -> dict[int, bytes]:
+        """Fetch *missing* blocks now (runs of them, several at once) and return them."""
+        runs = self._runs(missing)
+        out: dict[int, bytes] = {}
+        if len(runs) == 1 or self.workers == 1:
+            for run in runs:
+                out.update(self._fetch_run(run))
+            return out
+        for blocks in self._executor().map(self._fetch_run, runs):
             out.update(blocks)
         return out
+
+    def _fetch_ahead(self, first: int, stop: int) -> None:
+        """Start fetching blocks ``first .. stop - 1`` in the background (those not kept or coming)."""
+        with self._lock:
+            wanted = [i for i in range(first, min(stop, self.n_blocks))
+                      if i not in self._inflight and self._known_quietly(i) is None]
+            if not wanted or len(set(self._inflight.values())) >= self.workers:
+                return
+            pool = self._executor()
+            for run in self._runs(wanted):
+                future = pool.submit(self._fetch_run, run)
+                for index in range(*run):
+                    self._inflight[index] = future
+                future.add_done_callback(partial(self._landed, run))
+
+    def _landed(self, run: tuple[int, int], _future: Future) -> None:
+        with self._lock:
+            for index in range(*run):
+                self._inflight.pop(index, None)
 
     def blocks(self, first: int, stop: int) -> dict[int, bytes]:
         """Blocks ``first .. stop - 1``, fetching the missing ones (several requests at once).
@@ -299,17 +322,30 @@ class RangeFile(io.RawIOBase):
         -------
         dict
             ``{index: bytes}``.
+
+        Raises
+        ------
+        DownloadError
+            If a block could not be fetched (names the file, the URL and the cause).
         """
         found: dict[int, bytes] = {}
         missing = []
+        coming: dict[int, Future] = {}
         for index in range(max(0, first), min(stop, self.n_blocks)):
             data = self._known(index)
-            if data is None:
-                missing.append(index)
-            else:
+            if data is not None:
                 found[index] = data
+                continue
+            with self._lock:
+                future = self._inflight.get(index)
+            if future is not None:
+                coming[index] = future
+            else:
+                missing.append(index)
         if missing:
             found.update(self._fetch(missing))
+        for index, future in coming.items():
+            found[index] = future.result()[index]  # a fetch ahead's error is raised here
         return found
 
     def prefetch(self, spans: Iterable[tuple[int, int]]) -> None:
@@ -431,8 +467,8 @@ class RangeFile(io.RawIOBase):
         else:
             self._ahead = 0
         wanted = self.blocks(first, last + 1)
-        if ahead and any(self._known_quietly(i) is None for i in range(last + 1, last + 1 + ahead)):
-            self.blocks(last + 1, last + 1 + ahead)
+        if ahead:
+            self._fetch_ahead(last + 1, last + 1 + ahead)
         for index in range(first, last + 1):
             data = wanted[index]
             lo = max(start, index * self.block_size)
@@ -463,9 +499,11 @@ class RangeFile(io.RawIOBase):
     def close(self) -> None:
         """Close the file (the blocks on disk stay)."""
         with self._lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            self._inflight.clear()
             self._memory.clear()
         super().close()
 

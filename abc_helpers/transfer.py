@@ -113,6 +113,16 @@ class RequestRefused(DownloadError):
         self.server_message = server_message
         self.body = body
 
+    def __reduce__(self) -> tuple:
+        """Pickle with the keyword arguments (a process pool sends errors back to the parent)."""
+        return (_rebuild_refused, (type(self), str(self), self.url, self.status, self.server_message,
+                                   self.body))
+
+
+def _rebuild_refused(kind: type[RequestRefused], message: str, url: str, status: int,
+                     server_message: str, body: bytes) -> RequestRefused:
+    return kind(message, url=url, status=status, server_message=server_message, body=body)
+
 
 #: Statuses retried with backoff: the server is busy, failing or timed out.
 RETRY_STATUSES = (408, 429, 500, 502, 503, 504)
@@ -223,6 +233,18 @@ class _Session(requests.Session):
 
             check_url_allowed(urljoin(resp.url, target))  # ValueError: refused
         return target
+
+
+def _forget_session_after_fork() -> None:
+    """In a forked child (a process pool), start with no connections: the parent's pooled sockets
+    are shared with it, and two processes reading one socket get each other's responses."""
+    global _session, _session_lock
+    _session = None
+    _session_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, where pools spawn
+    os.register_at_fork(after_in_child=_forget_session_after_fork)
 
 
 def get_session() -> requests.Session:
