@@ -14,7 +14,8 @@ needs. The rules:
   same bytes again, in this process or the next, sends no request;
 * **few round trips**: the blocks one read needs that are missing are fetched as runs of
   adjacent blocks (at most ``max_request`` bytes per request), several runs at once; a read that
-  continues where the last one ended fetches ahead, doubling up to ``max_request``;
+  continues where the last one ended fetches ahead in the background, as much as the
+  sequential streak has read so far (so at most doubling what it needed), up to ``max_request``;
 * **faults**: every request goes through :func:`abc_helpers.transfer.fetch_range`, the package's
   one retry policy (cut bodies resumed, 5xx and stalls retried, a ``Range`` ignored hung up on,
   4xx and an unresolvable host at once).
@@ -151,7 +152,7 @@ class RangeFile(io.RawIOBase):
         self._lock = threading.RLock()
         self._pos = 0
         self._last_end = -1
-        self._ahead = 0
+        self._streak = 0
         self._pool: ThreadPoolExecutor | None = None
         self._inflight: dict[int, Future] = {}
         info = self._read_info()
@@ -459,13 +460,12 @@ class RangeFile(io.RawIOBase):
         if stop <= start:
             return 0
         first, last = start // self.block_size, (stop - 1) // self.block_size
-        # a read that continues the last one fetches ahead, doubling up to max_request
         ahead = 0
-        if start == self._last_end:
-            self._ahead = min(max(2 * self._ahead, 1), self.max_request // self.block_size)
-            ahead = self._ahead
+        if start == self._last_end:  # ahead: as much as the streak read so far, up to max_request
+            self._streak += stop - start
+            ahead = max(1, min(self._streak, self.max_request) // self.block_size)
         else:
-            self._ahead = 0
+            self._streak = stop - start
         wanted = self.blocks(first, last + 1)
         if ahead:
             self._fetch_ahead(last + 1, last + 1 + ahead)

@@ -82,7 +82,7 @@ def _rewrite_units(units, n: int, seconds: float, rng: np.random.Generator) -> N
     spike_index = units[index_of["spike_times"]][()] if "spike_times" in index_of else None
     rates = _rates(rng, n)
     counts = rng.poisson(rates * seconds)
-    pick = rng.integers(0, old_n, n)
+    pick = np.sort(rng.integers(0, old_n, n))  # in the sample's order: a probe's units together, as in the real files
     new_index = np.cumsum(counts)
     ragged_rows = {}
     for data_name, index_name in index_of.items():
