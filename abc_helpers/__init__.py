@@ -44,6 +44,7 @@ from .manifest import (
     format_size,
 )
 from .neuropixels import (
+    SessionFile,
     VbnEcephysSession,
     VbnProjectCache,
     generate_all_download_urls_from_manifest,
@@ -51,11 +52,14 @@ from .neuropixels import (
     get_manifest_url,
     get_metadata_url,
 )
+from .rangefile import RangeFile
 from .runinfo import run_information
+from .session_stream import SessionResults, map_sessions
 from .sources import Source, get_source
 from .transfer import (
     DownloadError,
     DownloadJob,
+    ObjectChanged,
     download,
     download_many,
     file_hash,
@@ -77,8 +81,12 @@ __all__ = [
     "Manifest",
     "ManifestComparison",
     "MissingCellsWarning",
+    "ObjectChanged",
     "OutdatedManifestWarning",
+    "RangeFile",
     "ReadOnlyLocalCacheWarning",
+    "SessionFile",
+    "SessionResults",
     "Source",
     "VbnEcephysSession",
     "VbnProjectCache",
@@ -105,6 +113,7 @@ __all__ = [
     "get_source",
     "list_objects",
     "load_expression_stack",
+    "map_sessions",
     "query_section_datasets",
     "read_gene_index_info",
     "read_grid",

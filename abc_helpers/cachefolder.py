@@ -8,6 +8,8 @@ the same bookkeeping, written here once::
     <root>/_manifest_last_used.txt    the manifest used last, across Python sessions
     <file>.part                       the bytes of an unfinished download (the next call resumes it)
     <file>.lock                       the inter-process lock of one file
+    <file>.<tag>.blocks/              the blocks of a file read over HTTP ranges, not downloaded
+                                      (:class:`abc_helpers.rangefile.RangeFile`; *tag*: its hash)
     .<file>.<pid>-<thread>.tmp<ext>   a file being written; renamed into place only when complete
 
 :func:`is_bookkeeping` tells these names apart from data, so a mirror never serves them. Paths in
@@ -52,6 +54,7 @@ __all__ = [
     "ReadOnlyLocalCacheWarning",
     "atomic_path",
     "atomic_write_text",
+    "blocks_path",
     "check_relative_path",
     "file_lock",
     "is_bookkeeping",
@@ -107,6 +110,27 @@ def partial_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".part")
 
 
+def blocks_path(path: str | os.PathLike, tag: str) -> Path:
+    """The folder of the blocks of *path* read over HTTP ranges (``<name>.<tag>.blocks``).
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The file's path in the cache (where a download would put it).
+    tag : str
+        Names the object's content, e.g. the start of its hash: blocks of two versions never mix.
+
+    Examples
+    --------
+    >>> blocks_path("/cache/session.nwb", "0123abcd").name
+    'session.nwb.0123abcd.blocks'
+    >>> is_bookkeeping("session.nwb.0123abcd.blocks")
+    True
+    """
+    path = Path(path)
+    return path.with_name(f"{path.name}.{tag}.blocks")
+
+
 def lock_path(path: str | os.PathLike) -> Path:
     """The inter-process lock file of *path* (``<name>.lock``)."""
     path = Path(path)
@@ -121,15 +145,16 @@ def file_lock(path: str | os.PathLike) -> FileLock:
 def is_bookkeeping(name: str) -> bool:
     """Is *name* (a file name, not a path) the cache's own rather than data?
 
-    True for the download record, the last-used manifest, ``.part`` and ``.lock`` files and
-    temporary names from :func:`temporary_path`.
+    True for the download record, the last-used manifest, ``.part`` and ``.lock`` files, the
+    ``.blocks`` folders of files read over HTTP ranges (:func:`blocks_path`) and temporary names
+    from :func:`temporary_path`.
 
     Examples
     --------
     >>> [is_bookkeeping(n) for n in ("gene.csv", "gene.csv.part", "_downloaded_data.json")]
     [False, True, True]
     """
-    return (name in (RECORD_FILE, LAST_USED_FILE) or name.endswith((".part", ".lock"))
+    return (name in (RECORD_FILE, LAST_USED_FILE) or name.endswith((".part", ".lock", ".blocks"))
             or _TEMPORARY.match(name) is not None)
 
 

@@ -27,7 +27,10 @@ import logging
 import os
 import re
 import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -44,10 +47,16 @@ from .neuropixels_session import VbnEcephysSession
 from .sources import VBN_BUCKET, Source, get_source
 from .transfer import download, file_hash, list_objects
 
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
+    from .session_stream import SessionResults
+
 LOGGER = logging.getLogger("abc_helpers")
 
 __all__ = [
     "OutdatedManifestWarning",
+    "SessionFile",
     "VbnEcephysSession",
     "VbnProjectCache",
     "generate_all_download_urls_from_manifest",
@@ -192,6 +201,31 @@ def _diff(old: dict[str, str], new: dict[str, str]) -> list[tuple[str, str]]:
             changes.append((fname, f"{fname} deleted"))
     changes += [(f, f"{f} created") for f in new if f not in old and f not in renamed_to]
     return changes
+
+
+@dataclass(frozen=True)
+class SessionFile:
+    """Where the NWB file of a session is (:meth:`VbnProjectCache.get_ecephys_session_file`).
+
+    Attributes
+    ----------
+    ecephys_session_id : int
+        The session.
+    url : str
+        The file's URL pinned to the manifest's version (``?versionId=``); empty if ``local``.
+    path : Path
+        Where the file is, or would be once downloaded, in the cache folder.
+    known_hash : str
+        ``"blake2b:<hex>"`` from the manifest.
+    local : bool
+        True if the file is at *path*, whole and verified.
+    """
+
+    ecephys_session_id: int
+    url: str
+    path: Path
+    known_hash: str
+    local: bool
 
 
 class VbnProjectCache:
@@ -426,9 +460,10 @@ class VbnProjectCache:
                              f"outside the cache folder '{self._cache_dir}': refused.") from None
         return rel
 
-    def _fetch(self, entry: dict) -> Path:
+    def _fetch(self, entry: dict, download_missing: bool = True) -> Path | None:
         """Return the local path of a manifest entry: recorded, reused from another version, or
-        downloaded (verified with its blake2b hash)."""
+        downloaded (verified with its blake2b hash); None if it is not here and
+        *download_missing* is False."""
         rel = self._local_rel(entry)
         path = self._folder.path(rel)
         expected = entry["file_hash"].lower()
@@ -452,6 +487,8 @@ class VbnProjectCache:
                 link_or_copy(parsed, path.parent / f"{path.stem}.{expected[:16]}.parquet")
             self._folder.record({rel: known})
             return path
+        if not download_missing:
+            return None
         if self.local:
             raise FileNotFoundError(f"'{rel}' is not in the local cache '{self._cache_dir}'. Use "
                                     f"{_UI}.from_s3_cache to download it.")
@@ -469,7 +506,12 @@ class VbnProjectCache:
 
     def get_metadata_path(self, metadata_table_name: str) -> Path:
         """Download (once) a metadata CSV of the current manifest and return its local path."""
-        return self._fetch(self._metadata_entry(metadata_table_name.removesuffix(".csv")))
+        return self._fetched(self._metadata_entry(metadata_table_name.removesuffix(".csv")))
+
+    def _fetched(self, entry: dict) -> Path:
+        path = self._fetch(entry)
+        assert path is not None  # _fetch downloads what is missing
+        return path
 
     # -- tables ------------------------------------------------------------------------------------
     def _table(self, name: str) -> pd.DataFrame:
@@ -482,7 +524,7 @@ class VbnProjectCache:
         import pyarrow.parquet as pq
 
         entry = self._metadata_entry(name)
-        path = self._fetch(entry)
+        path = self._fetched(entry)
         parsed = path.with_name(f"{path.stem}.{entry['file_hash'].lower()[:16]}.parquet")
         if parsed.is_file():
             try:
@@ -531,8 +573,8 @@ class VbnProjectCache:
         return self._table("units")
 
     # -- sessions ----------------------------------------------------------------------------------
-    def get_ecephys_session_path(self, ecephys_session_id: int) -> Path:
-        """Download (once) the NWB file of an ecephys session and return its local path."""
+    def _session_entry(self, ecephys_session_id: int) -> dict:
+        """The manifest entry of a session's NWB file (KeyError / FileNotFoundError if none)."""
         sessions = self.get_ecephys_session_table(filter_abnormalities=False)
         sid = int(ecephys_session_id)
         if sid not in sessions.index:
@@ -547,25 +589,83 @@ class VbnProjectCache:
                           if str(sessions.loc[i, "file_id"]) in self.manifest["data_files"])
             raise FileNotFoundError(f"Ecephys session {sid} (file_id {file_id}) has no NWB file in "
                                     f"{self._manifest_name}. Sessions with a file: {have}.")
-        return self._fetch(entry)
+        return entry
 
-    def get_ecephys_session(self, ecephys_session_id: int) -> VbnEcephysSession:
-        """Download (once) and open the NWB file of an ecephys session with pynwb.
+    def get_ecephys_session_path(self, ecephys_session_id: int) -> Path:
+        """Download (once) the NWB file of an ecephys session and return its local path."""
+        return self._fetched(self._session_entry(ecephys_session_id))
 
-        As the AllenSDK does, the probes with ``has_lfp_data`` in the probes table carry their
-        ``lfp_sampling_rate`` from that table.
+    def get_ecephys_session_file(self, ecephys_session_id: int) -> SessionFile:
+        """Where the NWB file of a session is: its versioned URL, its path here, its hash.
+
+        Nothing is downloaded; ``local`` says whether the file is already here (recorded, or the
+        same blake2b kept for another manifest version, which is then linked in).
         """
-        path = self.get_ecephys_session_path(ecephys_session_id)
+        entry = self._session_entry(ecephys_session_id)
+        local = self._fetch(entry, download_missing=False)
+        rel = self._local_rel(entry)
+        url = (self._src.object_url(VBN_BUCKET, _relative_key(entry["url"]), version_id=entry["version_id"])
+               if local is None else "")
+        return SessionFile(int(ecephys_session_id), url, self._folder.path(rel),
+                           f"blake2b:{entry['file_hash'].lower()}", local is not None)
+
+    def _probe_lfp(self, ecephys_session_id: int) -> dict[str, tuple[Any, float]]:
+        """``{probe name: (LFP file getter, lfp_sampling_rate)}`` of the session's probes with
+        ``has_lfp_data`` in the probes table, as the AllenSDK takes them from it (the getter
+        downloads the probe's LFP file when ``get_lfp`` asks for it; None if the manifest has none)."""
         probes = self.get_probe_table()
         probes = probes[(probes["ecephys_session_id"] == int(ecephys_session_id)) & probes["has_lfp_data"]]
         files = self.manifest["data_files"]
 
-        def getter(file_id: int):  # downloads the probe's LFP file when get_lfp asks for it
-            return lambda: self._fetch(files[str(file_id)])
+        def getter(file_id: int) -> Callable[[], Path]:
+            return lambda: self._fetched(files[str(file_id)])
 
-        lfp = {str(p.name): (getter(int(p.file_id)) if str(int(p.file_id)) in files else None,
-                             float(p.lfp_sampling_rate)) for p in probes.itertuples()}
-        return VbnEcephysSession(path, probe_lfp=lfp)
+        return {str(p.name): (getter(int(p.file_id)) if str(int(p.file_id)) in files else None,
+                              float(p.lfp_sampling_rate)) for p in probes.itertuples()}
+
+    def get_ecephys_session(self, ecephys_session_id: int, stream: bool = False) -> VbnEcephysSession:
+        """Open the NWB file of an ecephys session with pynwb: downloaded (once), or streamed.
+
+        As the AllenSDK does, the probes with ``has_lfp_data`` in the probes table carry their
+        ``lfp_sampling_rate`` from that table.
+
+        Parameters
+        ----------
+        ecephys_session_id : int
+            The session.
+        stream : bool
+            False (the AllenSDK's way): download the whole file (about 2 GB on real data) once,
+            then open it. True: read only what the calls ask for, over HTTP range requests
+            pinned to the manifest's version of the file; the blocks fetched are kept in the
+            cache folder, so opening the session again fetches nothing. A file already
+            downloaded, or whose every block is kept, is read locally either way.
+
+        Returns
+        -------
+        VbnEcephysSession
+            Close it (or use ``with``); for a streamed session, ``session.stream.stats`` says
+            what was fetched and ``session.stream.size`` the file's size.
+        """
+        lfp = self._probe_lfp(ecephys_session_id)
+        if not stream:
+            return VbnEcephysSession(self.get_ecephys_session_path(ecephys_session_id), probe_lfp=lfp)
+        from .session_stream import open_session
+
+        session, saved = open_session(self.get_ecephys_session_file(ecephys_session_id), probe_lfp=lfp)
+        if saved:
+            self._folder.record({self._folder.relative(session.path): saved})
+        return session
+
+    def map_sessions(self, function: Callable[[VbnEcephysSession], Any],
+                     ecephys_session_ids: Iterable[int], *, stream: bool = True,
+                     executor: Executor | None = None, max_workers: int = 8,
+                     progressbar: bool | None = None) -> SessionResults:
+        """Call ``function(session)`` on many sessions, streamed, in parallel; see
+        :func:`abc_helpers.session_stream.map_sessions` (this cache is its first argument)."""
+        from .session_stream import map_sessions
+
+        return map_sessions(self, function, ecephys_session_ids, stream=stream, executor=executor,
+                            max_workers=max_workers, progressbar=progressbar)
 
     # -- direct links --------------------------------------------------------------------------------
     def _link_source(self) -> Source:

@@ -12,6 +12,12 @@ Two things differ from the SDK: the file stays open until :meth:`VbnEcephysSessi
 reads everything at once, then closes it), and the columns of ``stimulus_presentations`` after the
 SDK's fixed first ones come in file order (the SDK orders them through a Python ``set``, an order
 that changes from one process to the next).
+
+A session can also be read over HTTP ranges (``stream``, a :class:`~abc_helpers.rangefile.RangeFile`,
+from ``VbnProjectCache.get_ecephys_session(..., stream=True)``): each call then fetches only the parts
+of the file it reads. ``get_units`` reads the scalar columns only (no spike times, amplitudes or
+waveforms), and :meth:`VbnEcephysSession.get_spike_times` reads the spike times of the units asked for
+(the SDK's ``spike_times`` reads every unit's: about 800 MB of a real session).
 """
 
 from __future__ import annotations
@@ -23,10 +29,15 @@ import re
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from .rangefile import RangeFile
 
 __all__ = ["VbnEcephysSession"]
 
@@ -44,6 +55,8 @@ UNIT_COLUMNS = ("PT_ratio", "amplitude", "amplitude_cutoff", "cluster_id", "cumu
                 "nn_hit_rate", "nn_miss_rate", "peak_channel_id", "presence_ratio", "quality", "recovery_slope",
                 "repolarization_slope", "silhouette_score", "snr", "spread", "velocity_above", "velocity_below",
                 "waveform_duration")
+#: The per-spike and per-waveform columns of the units table, each with its own call (never read by ``get_units``).
+UNIT_ARRAY_COLUMNS = ("spike_times", "spike_amplitudes", "waveform_mean", "waveform_sd")
 #: The SDK's first columns of ``stimulus_presentations``, in its order (the rest follow).
 _PRESENTATION_ORDER = ("stimulus_block", "stimulus_block_name", "image_index", "image_name", "movie_frame_index",
                        "duration", "start_time", "end_time", "stop_time", "start_frame", "end_frame", "is_change",
@@ -76,18 +89,29 @@ class VbnEcephysSession:
         ``{probe name: (LFP file getter, lfp_sampling_rate)}`` of the probes with an LFP file (the
         cache gives it: the getter downloads the file and returns its path); None reads
         ``has_lfp_data`` and ``lfp_sampling_rate`` from the file (and :meth:`get_lfp` has no file).
+    stream : RangeFile or None
+        The file opened over HTTP ranges (*path* is then where the download would go); None reads
+        *path*. Closing the session closes it.
 
     Examples
     --------
     ``with cache.get_ecephys_session(ecephys_session_id) as session: session.get_units()``
     """
 
-    def __init__(self, path: str | os.PathLike, probe_lfp: dict[str, tuple[Any, float]] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, probe_lfp: dict[str, tuple[Any, float]] | None = None,
+                 stream: RangeFile | None = None) -> None:
         from pynwb import NWBHDF5IO
 
         self.path = Path(path)
         self._probe_lfp = probe_lfp
-        self._io = NWBHDF5IO(str(self.path), "r")
+        #: The file read over HTTP ranges (``stream.stats``: what was fetched; ``stream.size``), or None if local.
+        self.stream = stream
+        if stream is None:
+            self._io = NWBHDF5IO(str(self.path), "r")
+        else:
+            import h5py
+
+            self._io = NWBHDF5IO(file=h5py.File(stream, "r"), mode="r")
         with warnings.catch_warnings():
             # the files cache NWB core 2.7.0 (what the AllenSDK reads); newer pynwb reads them with its own
             warnings.filterwarnings("ignore", message="Ignoring cached namespace")
@@ -206,8 +230,11 @@ class VbnEcephysSession:
 
     @functools.cached_property
     def _units(self) -> pd.DataFrame:
-        """Every unit with its arrays, in the SDK's order: probe by probe, file order within a probe."""
-        units = self.nwbfile.units.to_dataframe()
+        """Every unit's scalar columns (no arrays), in the SDK's order: probe by probe, file order within
+        a probe; ``_row`` is the unit's row in the file."""
+        table = self.nwbfile.units
+        units = table.to_dataframe(exclude={c for c in UNIT_ARRAY_COLUMNS if c in table.colnames})
+        units["_row"] = np.arange(len(units))
         probe_of_channel = dict(zip(self._electrodes.index, self._electrodes["probe_id"], strict=True))
         probe = units["peak_channel_id"].map(probe_of_channel)
         order = [np.flatnonzero((probe == pid).to_numpy()) for _, pid in self._probe_order()]
@@ -219,7 +246,8 @@ class VbnEcephysSession:
         """Return the units of every probe, index ``id`` (the unit id), columns sorted by name.
 
         The spike times, spike amplitudes and mean waveforms are :attr:`spike_times`,
-        :attr:`spike_amplitudes` and :attr:`mean_waveforms`.
+        :attr:`spike_amplitudes` and :attr:`mean_waveforms` (or :meth:`get_spike_times` for some
+        units); this reads none of them.
 
         Parameters
         ----------
@@ -244,14 +272,70 @@ class VbnEcephysSession:
         units = units[units["presence_ratio"] >= (presence_ratio_minimum or -np.inf)]
         return units[units["isi_violations"] <= (isi_violations_maximum or np.inf)]
 
-    def _unit_arrays(self, column: str) -> dict[int, np.ndarray]:
+    def _unit_arrays(self, column: str, unit_ids: Iterable[int] | None = None) -> dict[int, np.ndarray]:
+        """``{unit id: the unit's values of an array column}``, every unit (SDK order) or *unit_ids* (their
+        order); the file is read once per run of consecutive rows."""
         units = self._units
-        return {int(uid): np.asarray(values) for uid, values in zip(units.index, units[column], strict=True)}
+        if unit_ids is None:
+            ids = [int(u) for u in units.index]
+        else:
+            ids = [int(u) for u in unit_ids]
+            unknown = sorted(set(ids) - set(units.index.tolist()))
+            if unknown:
+                msg = (f"Unit ids {unknown[:10]}{' ...' if len(unknown) > 10 else ''} are not units of session "
+                       f"{self.ecephys_session_id}: take them from get_units().index.")
+                raise ValueError(msg)
+        row_of = dict(zip(units.index.tolist(), units["_row"].tolist(), strict=True))
+        rows = np.array(sorted({row_of[u] for u in ids}), dtype=np.int64)
+        column_data = self.nwbfile.units[column]
+        ragged = hasattr(column_data, "target")  # a VectorIndex: ends of each row in its target
+        ends = np.asarray(column_data.data[:], dtype=np.int64) if ragged else None
+        source = column_data.target.data if ragged else column_data.data
+        values: dict[int, np.ndarray] = {}
+        runs = np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1) if len(rows) else []
+        for run in runs:
+            first, last = int(run[0]), int(run[-1])
+            if ragged:
+                assert ends is not None
+                start = int(ends[first - 1]) if first else 0
+                block = np.asarray(source[start:int(ends[last])])
+                for row in run:
+                    a = (int(ends[row - 1]) if row else 0) - start
+                    values[int(row)] = block[a:int(ends[row]) - start]
+            else:
+                block = np.asarray(source[first:last + 1])
+                for row in run:
+                    values[int(row)] = block[int(row) - first]
+        return {u: values[row_of[u]] for u in ids}
 
     @property
     def spike_times(self) -> dict[int, np.ndarray]:
-        """``{unit id: spike times (s)}``."""
+        """``{unit id: spike times (s)}`` of every unit (streamed, this reads every unit's spikes:
+        :meth:`get_spike_times` reads only the units asked for)."""
         return self._unit_arrays("spike_times")
+
+    def get_spike_times(self, unit_ids: Iterable[int]) -> dict[int, np.ndarray]:
+        """Return the spike times of some units: ``{unit id: spike times (s)}``, in the order given.
+
+        Not an AllenSDK call (its :attr:`spike_times` reads every unit): the same values, read only
+        for the units asked for, so a streamed session fetches only their bytes (units of one probe
+        are stored together, and each run of consecutive units is one read).
+
+        Parameters
+        ----------
+        unit_ids : iterable of int
+            Unit ids (``get_units().index``).
+
+        Returns
+        -------
+        dict of int to numpy.ndarray
+
+        Raises
+        ------
+        ValueError
+            If an id is not a unit of this session.
+        """
+        return self._unit_arrays("spike_times", unit_ids)
 
     @property
     def spike_amplitudes(self) -> dict[int, np.ndarray]:
@@ -452,8 +536,10 @@ class VbnEcephysSession:
 
     # -- the file ---------------------------------------------------------------------------------
     def close(self) -> None:
-        """Close the NWB file."""
+        """Close the NWB file (and the HTTP stream of a streamed session)."""
         self._io.close()
+        if self.stream is not None:
+            self.stream.close()
 
     def __enter__(self) -> VbnEcephysSession:
         return self

@@ -113,6 +113,16 @@ class RequestRefused(DownloadError):
         self.server_message = server_message
         self.body = body
 
+    def __reduce__(self) -> tuple:
+        """Pickle with the keyword arguments (a process pool sends errors back to the parent)."""
+        return (_rebuild_refused, (type(self), str(self), self.url, self.status, self.server_message,
+                                   self.body))
+
+
+def _rebuild_refused(kind: type[RequestRefused], message: str, url: str, status: int,
+                     server_message: str, body: bytes) -> RequestRefused:
+    return kind(message, url=url, status=status, server_message=server_message, body=body)
+
 
 #: Statuses retried with backoff: the server is busy, failing or timed out.
 RETRY_STATUSES = (408, 429, 500, 502, 503, 504)
@@ -225,6 +235,18 @@ class _Session(requests.Session):
         return target
 
 
+def _forget_session_after_fork() -> None:
+    """In a forked child (a process pool), start with no connections: the parent's pooled sockets
+    are shared with it, and two processes reading one socket get each other's responses."""
+    global _session, _session_lock
+    _session = None
+    _session_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, where pools spawn
+    os.register_at_fork(after_in_child=_forget_session_after_fork)
+
+
 def get_session() -> requests.Session:
     """Return the package's shared :class:`requests.Session` (connection pool for 32 hosts/threads)."""
     global _session
@@ -311,7 +333,8 @@ def parse_hash(known_hash: str) -> tuple[str, str]:
     return algorithm, digest.lower()
 
 
-def _new_hasher(algorithm: str):
+def new_hasher(algorithm: str):
+    """A fresh :mod:`hashlib` hasher for *algorithm* (``"md5"``, ``"blake2b"``, ...)."""
     return hashlib.new(algorithm, usedforsecurity=False) if algorithm != "blake2b" else hashlib.blake2b()
 
 
@@ -327,7 +350,7 @@ def file_hash(path: str | os.PathLike, algorithm: str = "md5", chunk_size: int =
     'md5:900150983cd24fb0d6963f7d28e17f72'
     >>> os.remove(name)
     """
-    hasher = _new_hasher(algorithm)
+    hasher = new_hasher(algorithm)
     with open(path, "rb") as fh:
         while chunk := fh.read(chunk_size):
             hasher.update(chunk)
@@ -338,7 +361,7 @@ class _StreamHasher:
     """Hash chunks in a second thread, so hashing overlaps receiving and writing."""
 
     def __init__(self, algorithm: str, prefix_path: Path | None = None) -> None:
-        self.hasher = _new_hasher(algorithm)
+        self.hasher = new_hasher(algorithm)
         self.algorithm = algorithm
         if prefix_path is not None:  # bytes of a resumed .part
             with open(prefix_path, "rb") as fh:
@@ -369,7 +392,7 @@ class _InlineHasher(_StreamHasher):
     """Hash in the receiving thread: cheaper than a second thread for small files."""
 
     def __init__(self, algorithm: str, prefix_path: Path | None = None) -> None:
-        self.hasher = _new_hasher(algorithm)
+        self.hasher = new_hasher(algorithm)
         self.algorithm = algorithm
         if prefix_path is not None:
             with open(prefix_path, "rb") as fh:
@@ -710,15 +733,52 @@ def download_many(
     return [results[i] for i in range(len(jobs))]
 
 
-def _range_once(url: str, start: int, stop: int, into: bytearray) -> None:
-    """One attempt at bytes ``[start + len(into), stop)`` of *url*, appended to *into* as they come."""
+@dataclass(frozen=True)
+class RangeReply:
+    """What :func:`fetch_range` got: the bytes and what the server said of the object.
+
+    Attributes
+    ----------
+    data : bytes
+        Exactly the bytes asked for.
+    size : int
+        The whole object's size (from ``Content-Range``).
+    etag : str or None
+        The object's ``ETag`` as sent (quotes kept), or None if the server sent none.
+    version_id : str or None
+        The ``x-amz-version-id`` the server sent, or None.
+    """
+
+    data: bytes
+    size: int
+    etag: str | None
+    version_id: str | None
+
+
+class ObjectChanged(RequestRefused):
+    """The object is not the version a reader pinned (``If-Match`` failed, or another ``ETag`` came
+    back): its bytes must not be mixed with bytes already read. Never retried."""
+
+
+def _range_once(url: str, start: int, stop: int, into: bytearray, if_match: str | None,
+                seen: dict[str, str | int | None]) -> None:
+    """One attempt at bytes ``[start + len(into), stop)`` of *url*, appended to *into* as they come;
+    the object's size, ETag and version go into *seen*."""
     first = start + len(into)
-    response = _get(url, {"Range": f"bytes={first}-{stop - 1}"})
+    headers = {"Range": f"bytes={first}-{stop - 1}"}
+    if if_match is not None:
+        headers["If-Match"] = if_match
+    response = _get(url, headers)
     with response:
         status = response.status_code
         if status in RETRY_STATUSES:
             said = server_message(_error_body(response))
             raise _Retryable(f"server answered HTTP {status} ({said})", wait=_retry_after(response))
+        if status == 412 and if_match is not None:
+            said = server_message(_error_body(response))
+            raise ObjectChanged(f"the object changed on the server: it no longer has the ETag "
+                                f"{if_match} it had when reading began (HTTP 412; the server said: "
+                                f"{said})", url=url, status=status, server_message=said)
         if 400 <= status < 500:
             said = server_message(_error_body(response))
             raise RequestRefused(f"HTTP {status} ({response.reason}; the server said: {said}): the "
@@ -728,8 +788,17 @@ def _range_once(url: str, start: int, stop: int, into: bytearray) -> None:
             raise _Retryable("the server ignored the Range request (HTTP 200 instead of 206)", wait=0)
         if status != 206:
             raise _Retryable(f"unexpected HTTP {status} ({response.reason})")
-        if not response.headers.get("Content-Range", "").startswith(f"bytes {first}-{stop - 1}/"):
-            raise _Retryable(f"the server sent another range ({response.headers.get('Content-Range')!r})")
+        content_range = response.headers.get("Content-Range", "")
+        if not content_range.startswith(f"bytes {first}-{stop - 1}/"):
+            raise _Retryable(f"the server sent another range ({content_range!r})")
+        etag = response.headers.get("ETag")
+        if if_match is not None and etag is not None and etag != if_match:
+            raise ObjectChanged(f"the object changed on the server: its ETag is now {etag}, not "
+                                f"{if_match} as when reading began (the server ignored If-Match)",
+                                url=url, status=status, server_message="")
+        total = content_range.rpartition("/")[2]
+        seen.update(size=int(total) if total.isdigit() else None, etag=etag,
+                    version_id=response.headers.get("x-amz-version-id"))
         raw = response.raw
         read = getattr(raw, "read1", None) or raw.read
         while len(into) < stop - start:
@@ -744,6 +813,77 @@ def _range_once(url: str, start: int, stop: int, into: bytearray) -> None:
             _count_received("range", len(chunk))
 
 
+def fetch_range(url: str, start: int, stop: int, *, if_match: str | None = None,
+                retries: int = DEFAULT_RETRIES, what: str | None = None) -> RangeReply:
+    """Return bytes ``[start, stop)`` of the object at *url* and what the server said of it.
+
+    The policy of :func:`read_range` (retries, resume after a cut, a server ignoring ``Range``
+    hung up on), plus a pin: with *if_match* every request carries ``If-Match``, and an answer
+    for another version of the object (HTTP 412, or another ``ETag``) raises
+    :class:`ObjectChanged` at once, so bytes of two versions are never mixed.
+
+    Parameters
+    ----------
+    url : str
+        The object's URL (a ``?versionId=`` in it pins the version on S3).
+    start, stop : int
+        The byte range, *stop* excluded; ``stop > start``.
+    if_match : str or None
+        The ``ETag`` (quoted, as the server sent it) the object must still have.
+    retries : int
+        Attempts after the first one.
+    what : str or None
+        The file's name for messages (default: the URL).
+
+    Returns
+    -------
+    RangeReply
+        The bytes, the object's size, ``ETag`` and version id.
+
+    Raises
+    ------
+    ObjectChanged
+        At once, if the object is no longer the pinned version.
+    RequestRefused
+        At once, for 403/404/416 and other 4xx.
+    DownloadError
+        After the last attempt (or at once if the host cannot be resolved); names the file, the
+        URL, the range and the cause.
+    """
+    check_url_allowed(url)
+    if stop <= start:
+        raise ValueError(f"Empty byte range [{start}, {stop}) of {url}: ask for at least one byte.")
+    label = f"'{what}'" if what else url
+    where = f"bytes {start}-{stop - 1} of {label}" + (f" ({url})" if what else "")
+    into = bytearray()
+    seen: dict[str, str | int | None] = {}
+    last_error = "no attempt made"
+    for attempt in range(retries + 1):
+        try:
+            _range_once(url, start, stop, into, if_match, seen)
+            size = seen.get("size")
+            etag, version = seen.get("etag"), seen.get("version_id")
+            return RangeReply(bytes(into), size if isinstance(size, int) else -1,
+                              etag if isinstance(etag, str) else None,
+                              version if isinstance(version, str) else None)
+        except _Retryable as error:
+            last_error = str(error)
+            if attempt == retries:
+                break
+            wait = backoff(attempt, error.wait)
+            LOGGER.warning("Reading %s failed (%s). Retrying in %.1f s.", where, error, wait)
+            pause(wait)
+        except RequestRefused as error:
+            kind = ObjectChanged if isinstance(error, ObjectChanged) else RequestRefused
+            raise kind(f"Could not read {where}: {error}", url=url, status=error.status,
+                       server_message=error.server_message) from None
+        except DownloadError as error:
+            raise DownloadError(f"Could not read {where}: {error}") from None
+    raise DownloadError(f"Could not read {where} after {retries + 1} attempts: {last_error}. "
+                        "Check the connection and the data source; the server must honour HTTP "
+                        "Range requests.")
+
+
 def read_range(url: str, start: int, stop: int, *, retries: int = DEFAULT_RETRIES) -> bytes:
     """Return bytes ``[start, stop)`` of the object at *url*, with an HTTP ``Range`` request.
 
@@ -751,6 +891,7 @@ def read_range(url: str, start: int, stop: int, *, retries: int = DEFAULT_RETRIE
     answers are retried with backoff (``Retry-After`` honoured), a cut is resumed from the last
     byte received (nothing is fetched twice), 403/404 are not retried. A server that ignores
     ``Range`` (HTTP 200) is hung up on at once, never read whole, and asked again.
+    :func:`fetch_range` does the same and also pins the object's version.
 
     Parameters
     ----------
@@ -774,29 +915,7 @@ def read_range(url: str, start: int, stop: int, *, retries: int = DEFAULT_RETRIE
     check_url_allowed(url)
     if stop <= start:
         return b""
-    into = bytearray()
-    last_error = "no attempt made"
-    for attempt in range(retries + 1):
-        try:
-            _range_once(url, start, stop, into)
-            return bytes(into)
-        except _Retryable as error:
-            last_error = str(error)
-            if attempt == retries:
-                break
-            wait = backoff(attempt, error.wait)
-            LOGGER.warning("Reading bytes %d-%d of %s failed (%s). Retrying in %.1f s.",
-                           start, stop - 1, url, error, wait)
-            pause(wait)
-        except RequestRefused as error:
-            raise RequestRefused(f"Could not read bytes {start}-{stop - 1} of {url}: {error}",
-                                 url=url, status=error.status,
-                                 server_message=error.server_message) from None
-        except DownloadError as error:
-            raise DownloadError(f"Could not read bytes {start}-{stop - 1} of {url}: {error}") from None
-    raise DownloadError(f"Could not read bytes {start}-{stop - 1} of {url} after {retries + 1} "
-                        f"attempts: {last_error}. Check the connection and the data source; a "
-                        "server must honour HTTP Range requests to serve a gene index.")
+    return fetch_range(url, start, stop, retries=retries).data
 
 
 def _get_once(url: str, headers: dict[str, str], read_timeout: float | None,
