@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from abc_helpers.neuropixels import VbnEcephysSession, VbnProjectCache
+from abc_helpers.rangefile import RangeFile
 from abc_helpers.sample import VBN_BUCKET, SampleServer, build_world
 from abc_helpers.sources import Source
 from abc_helpers.transfer import DownloadError, file_hash
@@ -209,3 +210,66 @@ def test_map_sessions(kind, server, source, tmp_path):
     assert 0 < results.bytes_fetched <= results.file_bytes
     again = cache.map_sessions(unit_count, sids, progressbar=False)
     assert again == results and again.bytes_fetched == 0  # kept blocks, or files written out
+
+
+class ReadLog(RangeFile):
+    """A RangeFile that notes the byte span of every read h5py makes (what a call touched)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.spans: list[tuple[int, int]] = []
+
+    def readinto(self, buffer) -> int:
+        start = self.tell()
+        n = super().readinto(buffer)
+        self.spans.append((start, start + n))
+        return n
+
+
+def _stored_spans(path: Path, names: tuple[str, ...]) -> dict[str, list[tuple[int, int]]]:
+    """The byte spans of each chunk of the units table's datasets *names* in a local file."""
+    import h5py
+
+    out: dict[str, list[tuple[int, int]]] = {}
+    with h5py.File(path, "r") as f:
+        for name in names:
+            dataset = f["units"][name]
+            if dataset.chunks is None:
+                out[name] = [(dataset.id.get_offset(), dataset.id.get_offset() + dataset.id.get_storage_size())]
+            else:
+                infos = [dataset.id.get_chunk_info(i) for i in range(dataset.id.get_num_chunks())]
+                out[name] = [(c.byte_offset, c.byte_offset + c.size) for c in infos]
+    return out
+
+
+def test_units_and_some_spike_times_read_only_their_part(server, source, tmp_path):
+    """get_units reads no spike-level column (the AllenSDK's leaves them out too); get_spike_times reads
+    the units asked for, with the downloaded file's values."""
+    streamed_cache, downloaded_cache = _cache(tmp_path / "s", source), _cache(tmp_path / "d", source)
+    sid = int(streamed_cache.get_ecephys_session_table().index[0])
+    file = streamed_cache.get_ecephys_session_file(sid)
+    log = ReadLog(file.url, tmp_path / "blocks", what=file.path.name)
+    spans = _stored_spans(downloaded_cache.get_ecephys_session_path(sid),
+                          ("spike_times", "spike_amplitudes", "waveform_mean"))
+
+    def touched(name: str, since: int) -> bool:
+        return any(a < d and c < b for a, b in log.spans[since:] for c, d in spans[name])
+
+    with VbnEcephysSession(file.path, stream=log) as streamed, \
+            downloaded_cache.get_ecephys_session(sid) as downloaded:
+        units = streamed.get_units()
+        assert not any(touched(name, 0) for name in spans), "get_units read a spike-level column"
+        pd.testing.assert_frame_equal(units, downloaded.get_units())
+        ids = [int(units.index[5]), int(units.index[2]), int(units.index[3]), int(units.index[-1])]
+        before = len(log.spans)
+        some = streamed.get_spike_times(ids)
+        assert touched("spike_times", before)
+        assert not touched("spike_amplitudes", before) and not touched("waveform_mean", before)
+        assert list(some) == ids
+        every = downloaded.spike_times
+        for uid in ids:
+            np.testing.assert_array_equal(some[uid], every[uid])
+            assert some[uid].dtype == every[uid].dtype
+        assert streamed.get_spike_times([]) == {}
+        with pytest.raises(ValueError, match=r"\[1\] are not units of session .*get_units\(\)\.index"):
+            streamed.get_spike_times([ids[0], 1])
