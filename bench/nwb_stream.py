@@ -8,11 +8,11 @@ bare and with the modelled link (20 ms to the first byte of every response, 50 M
 Every client is a fresh process with an empty cache folder (pynwb's first-open cost, paid once per
 process whatever the method, is paid on a small local file before the clock starts):
 
-* ``stream``: ``get_ecephys_session(sid, stream=True)``, the metadata, the units table without its
-  spike-level columns, as the AllenSDK's ``get_units()`` gives it (the ``open_units`` figure); then the spike times of 100 units of the probe with most units
-  (``spikes100``); then the stimulus presentations and trials, where the session object has them
-  (``tables``); then, in a second fresh process on the same cache folder, the same calls again
-  (``reopen``);
+* ``stream``: ``get_ecephys_session(sid, stream=True)``, the metadata and ``get_units()`` (the
+  units table without its spike-level columns, as the AllenSDK's gives it: the ``open_units``
+  figure); then ``get_spike_times`` of 100 units of the probe with most units (``spikes100``); then
+  ``stimulus_presentations`` and ``trials`` (``tables``: time and bytes of each); then, in a second
+  fresh process on the same cache folder, the open and the units again (``reopen``);
 * ``download``: ``get_ecephys_session(sid)`` (the whole file, blake2b checked), then the same calls.
 
 Each on loopback and on the link, ``--rounds`` times (3 at least) in alternating order; figures
@@ -58,20 +58,6 @@ MANIFEST = f"{PREFIX}/manifests/{PREFIX}_project_manifest_v0.3.0.json"
 CACHE_HOME = Path.home() / ".cache" / "abc_helpers" / "bench-nwb-stream"
 
 
-#: Columns the AllenSDK's ``get_units()`` leaves out (each has its own call): per spike, per waveform.
-SPIKE_COLUMNS = ("spike_times", "spike_amplitudes", "waveform_mean", "waveform_sd")
-
-
-def units_table(session) -> object:
-    """The units table as the AllenSDK's ``get_units()`` gives it: no spike-level columns.
-
-    (``VbnEcephysSession.get_units()`` of this round leaves out ``spike_times`` only, so it reads
-    every spike amplitude: the figure would be the amplitudes' cost, not the table's.)
-    """
-    table = session.nwbfile.units
-    return table.to_dataframe(exclude={c for c in SPIKE_COLUMNS if c in table.colnames})
-
-
 def session_key(sid: int) -> str:
     return f"{PREFIX}/behavior_ecephys_sessions/{sid}/ecephys_session_{sid}.nwb"
 
@@ -96,7 +82,11 @@ def build_mirror(mirror: Path, quick: bool) -> tuple[int, int]:
     entry = next(iter(manifest["data_files"].values()))
     sid = int(entry["url"].rsplit("/", 2)[-2])
     units, seconds = (200, 900.0) if quick else (REAL_UNITS, REAL_SECONDS)
-    large = CACHE_HOME / f"session-{sid}-{units}x{seconds:g}.nwb"
+    # keyed by the world's fingerprint (the generators' source, vbn_large.py's included)
+    large = CACHE_HOME / f"session-{sid}-{units}x{seconds:g}-{world.name}.nwb"
+    for stale in CACHE_HOME.glob(f"session-*-{units}x{seconds:g}*"):
+        if not stale.name.startswith(large.stem):  # from another world: 1.6 GB each, never read again
+            stale.unlink()
     if not large.exists():
         CACHE_HOME.mkdir(parents=True, exist_ok=True)
         enlarge_session(src / session_key(sid), large, n_units=units, seconds=seconds)
@@ -136,33 +126,36 @@ def client(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     session = cache.get_ecephys_session(sid, stream=args.mode == "stream")
     _ = session.metadata
-    units = units_table(session)
+    units = session.get_units()
     out["open_units"] = time.perf_counter() - t0
     stream = session.stream
-    out["fetched_open_units"] = stream.stats.bytes_fetched if stream else 0
+
+    def fetched() -> int:
+        return stream.stats.bytes_fetched if stream else 0
+
+    out["fetched_open_units"] = fetched()
     if args.units_out:
         units.to_pickle(args.units_out)
     if args.steps == "all":
-        channels = session.get_channels()
-        probe = channels.loc[units["peak_channel_id"], "probe_name"].to_numpy()
-        names, counts = np.unique(probe, return_counts=True)
-        rows = np.flatnonzero(probe == names[np.argmax(counts)])[:100]
-        table = session.nwbfile.units
+        channels = session.get_channels(filter_by_validity=False)
+        probe = channels.loc[units["peak_channel_id"], "probe_id"].to_numpy()
+        ids, counts = np.unique(probe, return_counts=True)
+        chosen = units.index[probe == ids[np.argmax(counts)]][:100]
+        before = fetched()
         t1 = time.perf_counter()
-        spikes = [table["spike_times"][int(i)] for i in rows]
+        spikes = session.get_spike_times(chosen)
         out["spikes100"] = time.perf_counter() - t1
-        out["spikes100_stored"] = int(sum(len(s) for s in spikes) * 8)
-        out["spikes100_units"] = len(rows)
-        t2 = time.perf_counter()
-        found = []
+        out["fetched_spikes100"] = fetched() - before
+        out["spikes100_stored"] = int(sum(s.nbytes for s in spikes.values()))
+        out["spikes100_units"] = len(spikes)
         for name in ("stimulus_presentations", "trials"):
-            value = getattr(session, name, None)
-            if value is not None:
-                _ = value() if callable(value) else value
-                found.append(name)
-        out["tables"] = time.perf_counter() - t2
-        out["tables_found"] = found
-        out["fetched_total"] = stream.stats.bytes_fetched if stream else 0
+            before = fetched()
+            t2 = time.perf_counter()
+            table = getattr(session, name)
+            out[name] = time.perf_counter() - t2
+            out[f"fetched_{name}"] = fetched() - before
+            out[f"rows_{name}"] = len(table)
+        out["fetched_total"] = fetched()
     session.close()
     print(json.dumps(out), flush=True)
 
@@ -249,10 +242,13 @@ def main() -> None:
                 "stream_spikes100_s": spread([r["spikes100"] for r in s]),
                 "download_spikes100_s": spread([r["spikes100"] for r in d]),
                 "spikes100_stored_bytes": s[0]["spikes100_stored"],
-                "stream_bytes_spikes100": spread([r["fetched_total"] - r["fetched_open_units"] for r in s], 0),
-                "stream_tables_s": spread([r["tables"] for r in s]),
-                "download_tables_s": spread([r["tables"] for r in d]),
-                "tables_found": s[0]["tables_found"],
+                "stream_bytes_spikes100": spread([r["fetched_spikes100"] for r in s], 0),
+                **{f"{mode}_{name}_s": spread([r[name] for r in runs])
+                   for name in ("stimulus_presentations", "trials") for mode, runs in (("stream", s), ("download", d))},
+                **{f"stream_bytes_{name}": spread([r[f"fetched_{name}"] for r in s], 0)
+                   for name in ("stimulus_presentations", "trials")},
+                "rows_stimulus_presentations": s[0]["rows_stimulus_presentations"],
+                "rows_trials": s[0]["rows_trials"],
                 "stream_bytes_total": spread([r["bytes"] for r in s], 0),
                 "download_bytes_total": spread([r["bytes"] for r in d], 0),
                 "stream_reopen_s": spread([r["reopen"] for r in s]),
@@ -266,7 +262,7 @@ def main() -> None:
         expected = {}
         for other in sids:
             with VbnEcephysSession(mirror / BUCKET / session_key(other)) as local:
-                expected[other] = units_table(local)
+                expected[other] = local.get_units()
         procs = []
         started = time.perf_counter()
         for other in sids:
@@ -282,7 +278,7 @@ def main() -> None:
         summary["room"] = {"clients": len(sids), "exact": exact, "failed": len(failed),
                            "seconds_total": round(room_seconds, 2), "link": "20ms_50MBs",
                            "note": "each client a fresh process (pynwb's first open included); "
-                                   "sample-scale sessions (about 1 MB each)"}
+                                   "sample-scale sessions (about 4 MB each)"}
     load_after = load_average()
     shutil.rmtree(tmp, ignore_errors=True)
     loop, linked = summary["loopback"], summary["link"]

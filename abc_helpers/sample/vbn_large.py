@@ -57,7 +57,7 @@ def enlarge_session(sample_nwb: str | Path, out: str | Path, *, n_units: int = R
     Returns
     -------
     Path
-        *out*. With the defaults the file is about 1.7 GB (about 108 million spikes).
+        *out*. With the defaults the file is about 1.6 GB (about 99 million spikes).
     """
     import h5py
 
@@ -105,7 +105,8 @@ def _rewrite_units(units, n: int, seconds: float, rng: np.random.Generator) -> N
             index_name, per_spike, old_index = ragged_rows[name]
             if per_spike:
                 del units[name]
-                new = units.create_dataset(name, shape=(int(new_index[-1]),), dtype=options["dtype"])
+                # float64, as the real files store spike times and amplitudes (the sample's amplitudes are float32)
+                new = units.create_dataset(name, shape=(int(new_index[-1]),), dtype="f8")
                 _fill_spikes(new, counts, seconds, rng, times=name == "spike_times")
                 index_values = new_index
             else:  # a ragged column of per-unit rows (mean waveforms): the picked rows

@@ -13,7 +13,8 @@ from abc_helpers.sample.vbn_large import enlarge_session
 
 
 def test_enlarge_session(tmp_path):
-    """n units, sorted spike trains within the span, one amplitude per spike, same bytes twice."""
+    """n units, sorted spike trains within the span, one amplitude per spike (both contiguous float64),
+    same bytes twice."""
     sample = next(build_world().rglob("ecephys_session_*.nwb"))
     a = enlarge_session(sample, tmp_path / "a.nwb", n_units=60, seconds=200.0)
     b = enlarge_session(sample, tmp_path / "b.nwb", n_units=60, seconds=200.0)
@@ -29,3 +30,5 @@ def test_enlarge_session(tmp_path):
     with h5py.File(a) as fh:
         assert len(fh["units/spike_amplitudes"]) == total
         np.testing.assert_array_equal(fh["units/spike_amplitudes_index"][()], fh["units/spike_times_index"][()])
+        for name in ("spike_times", "spike_amplitudes"):  # as the real files store them
+            assert fh["units"][name].dtype == np.float64 and fh["units"][name].chunks is None
