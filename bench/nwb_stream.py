@@ -62,6 +62,11 @@ def session_key(sid: int) -> str:
     return f"{PREFIX}/behavior_ecephys_sessions/{sid}/ecephys_session_{sid}.nwb"
 
 
+def is_session_file(entry: dict) -> bool:
+    """Whether a manifest entry is a session's NWB file (not a probe's LFP file)."""
+    return entry["url"].rsplit("/", 1)[-1].startswith("ecephys_session_")
+
+
 # -- the served folder ---------------------------------------------------------------------------
 def build_mirror(mirror: Path, quick: bool) -> tuple[int, int]:
     """Fill *mirror* with the sample VBN bucket, one session at the real scale; return (sid, size)."""
@@ -79,7 +84,7 @@ def build_mirror(mirror: Path, quick: bool) -> tuple[int, int]:
             os.link(path, target)
     manifest_path = mirror / BUCKET / MANIFEST
     manifest = json.loads(manifest_path.read_text())
-    entry = next(iter(manifest["data_files"].values()))
+    entry = next(e for e in manifest["data_files"].values() if is_session_file(e))
     sid = int(entry["url"].rsplit("/", 2)[-2])
     units, seconds = (200, 900.0) if quick else (REAL_UNITS, REAL_SECONDS)
     # keyed by the world's fingerprint (the generators' source, vbn_large.py's included)
@@ -257,7 +262,7 @@ def main() -> None:
         # the room: many clients at once on the link, each a different sample-scale session
         n_room = 8 if args.quick else 30
         manifest = json.loads((mirror / BUCKET / MANIFEST).read_text())
-        sids = [int(e["url"].rsplit("/", 2)[-2]) for e in manifest["data_files"].values()]
+        sids = [int(e["url"].rsplit("/", 2)[-2]) for e in manifest["data_files"].values() if is_session_file(e)]
         sids = [s for s in sids if s != sid][:n_room]
         expected = {}
         for other in sids:
