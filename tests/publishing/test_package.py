@@ -69,8 +69,10 @@ def test_sdist_and_wheel_carry_the_data_not_the_tests(dist):
         in_sdist = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
     package = ROOT / "abc_helpers"
     modules = {p.relative_to(ROOT).as_posix() for p in package.rglob("*.py") if "__pycache__" not in p.parts}
-    data = {p.relative_to(ROOT).as_posix() for p in (package / "sample" / "data").iterdir()}
+    data = {p.relative_to(ROOT).as_posix() for p in (package / "sample" / "data").rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts}
     assert "abc_helpers/sample/data/allen_structure_tree.csv" in data
+    assert "abc_helpers/sample/data/nwb/core-2.7.0/nwb.file.yaml" in data  # the NWB schema the files cache
     for contents, name in ((in_wheel, wheel.name), (in_sdist, sdist.name)):
         assert modules | data <= contents, f"{name} misses {sorted((modules | data) - contents)}"
         stray = [n for n in contents if n.split("/")[0] in ("tests", "book", "bench", "tools", "binder")]
