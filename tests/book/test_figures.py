@@ -22,7 +22,7 @@ RESULTS = BOOK.parent / "bench" / "results"
 DATA = BOOK.parent / "tests" / "data"
 CHAPTERS = sorted(p.stem for p in BOOK.glob("*.ipynb"))
 #: Saved results the book quotes: full runs (not --quick).
-QUOTED = ["chapters", "gene_extraction", "ish_grids", "remote_gene_index"]
+QUOTED = ["chapters", "gene_extraction", "ish_grids", "nwb_stream", "remote_gene_index"]
 #: The real WMB 10x data (the 20231215 release): cells (cited in test_text_numbers.FACTS) and log2 matrices.
 WMB_CELLS = 4_042_976
 _LOG2 = [f for f in Manifest.from_file(DATA / "abc_manifest_20231215.json").files()
@@ -164,3 +164,42 @@ def test_workshop_quotes_the_served_gene_index_benchmark():
     missing = [quote for quote in quotes if quote not in WORKSHOP]
     assert not missing, missing
     assert f["room_clients"] == 30 and f["room_all_exact"] is True  # "Thirty learners ... all got exact values"
+
+
+def _markdown_of(chapter: str) -> str:
+    return _flat("\n".join(c.source for c in nbformat.read(BOOK / f"{chapter}.ipynb", as_version=4).cells
+                           if c.cell_type == "markdown"))
+
+
+def nwb_stream_quotes() -> dict[str, list[str]]:
+    """The streamed-session benchmark's figures as chapters 4 and 5 quote them."""
+    saved = _saved("nwb_stream")
+    f, machine = saved["figures"], saved["machine"]
+    link = f["link"]
+    shared = " shared with other jobs" if "shared" in saved["note"] else ""
+    where = f"measured on {machine['date']} on a {machine['cpus']}-core machine{shared}"
+    file_gb = f"{f['file_bytes'] / 1e9:.2f} GB"
+    spikes = (f"the spike times of a hundred units of one probe fetched "
+              f"{link['stream_bytes_spikes100']['median'] / 1e6:.0f} MB for {link['spikes100_stored_bytes'] / 1e6:.0f} MB "
+              f"stored")
+    return {
+        "neuropixels_metadata": [
+            f"a synthetic session of {file_gb}",
+            (f"opening it and reading its units table fetched {link['stream_bytes_open_units']['median'] / 1e6:.1f} MB "
+             f"({f['bytes_ratio_open_units_vs_file']:.2%} of the file) in {link['stream_open_units_s']['median']:.1f} s "
+             f"on a modelled home link of 20 ms and {f['link_model']['bandwidth_mbs']:.0f} MB/s, against "
+             f"{link['download_open_units_s']['median']:.0f} s to download the file first and open it "
+             f"({f['speedup_open_units_vs_download_link']:.0f} times faster)"),
+            spikes, "opening it again fetched nothing", where],
+        "linking_atlases": [f"a synthetic session of {file_gb}", spikes, where],
+    }
+
+
+@pytest.mark.parametrize("chapter", ["neuropixels_metadata", "linking_atlases"])
+def test_chapters_quote_the_streamed_session_benchmark(chapter):
+    """Chapters 4 and 5 quote bench/results/nwb_stream.json as saved (file size, bytes, times, speedup)."""
+    saved = _saved("nwb_stream")["figures"]
+    assert saved["bytes_reopen"] == 0  # "opening it again fetched nothing"
+    text = _markdown_of(chapter)
+    missing = [quote for quote in nwb_stream_quotes()[chapter] if quote not in text]
+    assert not missing, missing
