@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .nwb_open import open_nwb
+
 __all__ = ["VbnEcephysSession"]
 
 #: The data attributes and methods of a session (the AllenSDK's names; see ``list_data_attributes_and_methods``).
@@ -83,15 +85,13 @@ class VbnEcephysSession:
     """
 
     def __init__(self, path: str | os.PathLike, probe_lfp: dict[str, tuple[Any, float]] | None = None) -> None:
-        from pynwb import NWBHDF5IO
-
         self.path = Path(path)
         self._probe_lfp = probe_lfp
-        self._io = NWBHDF5IO(str(self.path), "r")
         with warnings.catch_warnings():
             # the files cache NWB core 2.7.0 (what the AllenSDK reads); newer pynwb reads them with its own
             warnings.filterwarnings("ignore", message="Ignoring cached namespace")
             warnings.filterwarnings("ignore", message="The 'manufacturer' field is deprecated")
+            self._io = open_nwb(self.path)
             self.nwbfile = self._io.read()
 
     # -- identity and metadata ----------------------------------------------------------------
@@ -285,8 +285,6 @@ class VbnEcephysSession:
         ValueError
             If *probe_id* is not a probe of this session.
         """
-        from pynwb import NWBHDF5IO
-
         names = {pid: name for name, pid in self._probe_order()}
         if int(probe_id) not in names:
             msg = (f"Could not find probe with id {probe_id} in session {self.ecephys_session_id}: its probes "
@@ -295,9 +293,11 @@ class VbnEcephysSession:
         name = names[int(probe_id)]
         if not self._probe_lfp or name not in self._probe_lfp or self._probe_lfp[name][0] is None:
             return None
-        with NWBHDF5IO(str(self._probe_lfp[name][0]()), "r") as io, warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Ignoring cached namespace")
             warnings.filterwarnings("ignore", message="The 'manufacturer' field is deprecated")
+            io = open_nwb(self._probe_lfp[name][0]())
+        with io:
             nwb = io.read()
             series = nwb.acquisition[f"probe_{probe_id}_lfp"].electrical_series[f"probe_{probe_id}_lfp_data"]
             channels = nwb.electrodes.to_dataframe().index.to_numpy()
