@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import hashlib
 import os
 import re
-import threading
 import uuid
 import warnings
 from pathlib import Path
@@ -35,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+from .nwb_open import open_nwb
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -74,53 +74,6 @@ CHANNEL_FILTERING = "AP band: 500 Hz high-pass; LFP band: 1000 Hz low-pass"
 BLINK_Z_THRESHOLD, BLINK_DILATION_FRAMES = 3.0, 2
 
 
-#: pynwb type maps with a file's cached namespaces loaded, by the hash of those namespaces' text: loading them
-#: (pynwb does it on every open) costs about a second of CPU, more than reading a real session's units table.
-_TYPE_MAPS: dict[str, Any] = {}
-_TYPE_MAPS_LOCK = threading.Lock()
-
-
-def _namespaces_key(h5: Any) -> str | None:
-    """A hash of the namespaces cached in an open HDF5 file (names, versions, text); None if it has none."""
-    import h5py
-
-    if "specifications" not in h5:
-        return None
-    digest = hashlib.blake2b(digest_size=16)
-
-    def add(name: str, obj: Any) -> None:
-        if isinstance(obj, h5py.Dataset):
-            value = obj[()]
-            digest.update(name.encode() + b"\0" + (value if isinstance(value, bytes) else str(value).encode()) + b"\0")
-
-    h5["specifications"].visititems(add)
-    return digest.hexdigest()
-
-
-def _open_nwb(source: Any) -> Any:
-    """An ``NWBHDF5IO`` reading *source* (a path or a file object), with the file's cached namespaces
-    loaded once per process for every file that caches the same ones."""
-    import h5py
-    from hdmf.build import BuildManager
-    from pynwb import NWBHDF5IO, get_type_map
-
-    h5 = h5py.File(source, "r")
-    try:
-        key = _namespaces_key(h5)
-        if key is None:
-            return NWBHDF5IO(file=h5, mode="r")
-        with _TYPE_MAPS_LOCK:
-            type_map = _TYPE_MAPS.get(key)
-            if type_map is None:
-                type_map = get_type_map()
-                NWBHDF5IO.load_namespaces(type_map, file=h5)
-                _TYPE_MAPS[key] = type_map
-        return NWBHDF5IO(file=h5, mode="r", manager=BuildManager(type_map))
-    except BaseException:
-        h5.close()
-        raise
-
-
 def _none_if_text_none(value: Any) -> Any:
     return None if value in (None, "None", "") else value
 
@@ -149,17 +102,17 @@ class VbnEcephysSession:
 
     def __init__(self, path: str | os.PathLike, probe_lfp: dict[str, tuple[Any, float]] | None = None,
                  stream: RangeFile | None = None) -> None:
+        import h5py
+
         self.path = Path(path)
         self._probe_lfp = probe_lfp
         #: The file read over HTTP ranges (``stream.stats``: what was fetched; ``stream.size``), or None if local.
         self.stream = stream
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Ignoring cached namespace")
-            self._io = _open_nwb(str(self.path) if stream is None else stream)
-        with warnings.catch_warnings():
             # the files cache NWB core 2.7.0 (what the AllenSDK reads); newer pynwb reads them with its own
             warnings.filterwarnings("ignore", message="Ignoring cached namespace")
             warnings.filterwarnings("ignore", message="The 'manufacturer' field is deprecated")
+            self._io = open_nwb(self.path) if stream is None else open_nwb(file=h5py.File(stream, "r"))
             self.nwbfile = self._io.read()
 
     # -- identity and metadata ----------------------------------------------------------------
@@ -423,9 +376,9 @@ class VbnEcephysSession:
             return None
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Ignoring cached namespace")
-            io = _open_nwb(str(self._probe_lfp[name][0]()))
-        with io, warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The 'manufacturer' field is deprecated")
+            io = open_nwb(self._probe_lfp[name][0]())
+        with io:
             nwb = io.read()
             series = nwb.acquisition[f"probe_{probe_id}_lfp"].electrical_series[f"probe_{probe_id}_lfp_data"]
             channels = nwb.electrodes.to_dataframe().index.to_numpy()

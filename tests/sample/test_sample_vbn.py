@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
+from support.worlds import shared_world
 
+from abc_helpers.nwb_open import open_nwb
 from abc_helpers.sample import brain, build_world, vbn
 from abc_helpers.sample.world import load_index
 from abc_helpers.sources import VBN_BUCKET
@@ -24,14 +26,10 @@ REAL_COLUMNS = json.loads((Path(__file__).resolve().parents[1] / "data" / "vbn_c
 UNITS_KEY = vbn.relative_key("metadata", "units")
 
 
-def _build(root: Path) -> Path:
-    return build_world(root, generators=("vbn",))
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
-    """One VBN-only world built straight on disk (no server)."""
-    return _build(tmp_path_factory.mktemp("vbn-world"))
+    """The VBN-only world of this run, built straight on disk (no server); tests only read it."""
+    return shared_world(tmp_path_factory, ("vbn",))
 
 
 def _current(world: Path, key: str) -> bytes:
@@ -145,9 +143,10 @@ def test_units_change_between_v010_and_v020_only(world):
     assert np.allclose(old["amplitude"], 2 * new["amplitude"], rtol=1e-5)
 
 
-def test_build_is_deterministic(world, tmp_path):
-    """A second build gives byte-identical objects (NWB files included)."""
-    again = _build(tmp_path / "again")
+def test_build_is_deterministic(world):
+    """Another build gives byte-identical objects (NWB files included): the VBN bucket of the default
+    world, built by another process beside every other generator, equals the VBN-only world's."""
+    again = build_world()
     first = load_index(world)[VBN_BUCKET]
     second = load_index(again)[VBN_BUCKET]
     assert {k: [v.md5 for v in vs] for k, vs in first.items()} == \
@@ -164,13 +163,13 @@ def test_nwb_files_open_with_pynwb(world):
     for entry in sessions:
         path = world / "s3" / VBN_BUCKET / entry["url"][len(vbn.REAL_BUCKET_URL):]
         sid = int(path.parent.name)
-        with pynwb.NWBHDF5IO(str(path), "r") as nwb_io:
+        with open_nwb(path) as nwb_io:  # pynwb, with the namespaces the file caches
             nwb = nwb_io.read()
+            assert isinstance(nwb, pynwb.NWBFile)
             assert nwb.session_id == str(sid) and "SYNTHETIC" in nwb.session_description
-            table = nwb.units.to_dataframe()
             expected = units[units["ecephys_session_id"] == sid]
-            assert sorted(table.index) == sorted(expected["unit_id"])
-            assert sum(len(t) for t in table["spike_times"]) > 0
+            assert sorted(nwb.units.id[:]) == sorted(expected["unit_id"])
+            assert len(nwb.units["spike_times"].target.data) > 0
             assert set(nwb.electrodes.id[:]) == set(
                 channels.loc[channels["ecephys_session_id"] == sid, "ecephys_channel_id"])
 
