@@ -2,7 +2,7 @@
 
 The sample world's VBN bucket is put in a mirror folder (hard links) with one session file
 replaced by a **real-scale synthetic** one (:func:`abc_helpers.sample.vbn_large.enlarge_session`:
-2,000 units over 2.5 h, about 1.6 GB; ``--quick``: 200 units over 15 min), its manifest entry
+2,100 units over 2.5 h, 1.58 GB; ``--quick``: 200 units over 15 min), its manifest entry
 rewritten with the new file's blake2b, and the folder served by the sample server on loopback,
 bare and with the modelled link (20 ms to the first byte of every response, 50 MB/s per response).
 Every client is a fresh process with an empty cache folder (the first-open cost, paid once per
@@ -91,7 +91,7 @@ def build_mirror(mirror: Path, quick: bool) -> tuple[int, int]:
     # keyed by the world's fingerprint (the generators' source, vbn_large.py's included)
     large = CACHE_HOME / f"session-{sid}-{units}x{seconds:g}-{world.name}.nwb"
     for stale in CACHE_HOME.glob(f"session-*-{units}x{seconds:g}*"):
-        if not stale.name.startswith(large.stem):  # from another world: 1.6 GB each, never read again
+        if not stale.name.startswith(large.stem):  # from another world: 1.7 GB each, never read again
             stale.unlink()
     if not large.exists():
         CACHE_HOME.mkdir(parents=True, exist_ok=True)

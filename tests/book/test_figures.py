@@ -178,14 +178,15 @@ def nwb_stream_quotes() -> dict[str, list[str]]:
     link = f["link"]
     shared = " shared with other jobs" if "shared" in saved["note"] else ""
     where = f"measured on {machine['date']} on a {machine['cpus']}-core machine{shared}"
-    file_gb = f"{f['file_bytes'] / 1e9:.2f} GB"
+    mib = 1024**2  # the package's binary units (format_size)
+    file_gb = f"{f['file_bytes'] / 1024**3:.2f} GB"
     spikes = (f"the spike times of a hundred units of one probe fetched "
-              f"{link['stream_bytes_spikes100']['median'] / 1e6:.0f} MB for {link['spikes100_stored_bytes'] / 1e6:.0f} MB "
+              f"{link['stream_bytes_spikes100']['median'] / mib:.0f} MB for {link['spikes100_stored_bytes'] / mib:.0f} MB "
               f"stored")
     return {
         "neuropixels_metadata": [
             f"a synthetic session of {file_gb}",
-            (f"opening it and reading its units table fetched {link['stream_bytes_open_units']['median'] / 1e6:.1f} MB "
+            (f"opening it and reading its units table fetched {link['stream_bytes_open_units']['median'] / mib:.1f} MB "
              f"({f['bytes_ratio_open_units_vs_file']:.2%} of the file) in {link['stream_open_units_s']['median']:.1f} s "
              f"on a modelled home link of 20 ms and {f['link_model']['bandwidth_mbs']:.0f} MB/s, against "
              f"{link['download_open_units_s']['median']:.0f} s to download the file first and open it "
