@@ -128,7 +128,7 @@ def test_sample_world_build_is_quoted_as_measured():
         sizes = re.findall(r"(\d+(?:\.\d+)?) MB on disk, built in", text)
         assert sizes and set(sizes) == {f"{figures['world_mb']:.0f}"}, sizes
     largest = max(c["disk_mb"] for c in figures["chapters"].values())
-    assert f"each chapter leaves up to {megabytes(largest)}" in WORKSHOP
+    assert f"the sample world {figures['world_mb']:.0f} MB, and each chapter leaves up to {megabytes(largest)}" in WORKSHOP
 
 
 def test_workshop_quotes_the_served_gene_index_benchmark():

@@ -112,11 +112,12 @@ BENCH = [x for path in sorted(RESULTS.glob("*.json")) if not path.stem.endswith(
 
 
 def read_from_results(token: str) -> bool:
-    """Whether the token's number is a saved figure (or a byte count in kB/MB/GB), as rounded in the text."""
+    """Whether the token's number is a saved figure (or a byte count in kB/MB/GB, decimal or the
+    package's binary units), as rounded in the text."""
     number = re.match(r"[\d,.]+", token).group(0).replace(",", "")
     decimals = len(number.split(".")[1]) if "." in number else 0
     value = float(number)
-    scales = (1, 1e3, 1e6, 1e9)
+    scales = (1, 1e3, 1e6, 1e9, 1024, 1024**2, 1024**3)
     return any(math.isclose(round(x / s, decimals), value) for x in BENCH for s in scales if x)
 
 
