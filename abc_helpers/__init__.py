@@ -44,7 +44,6 @@ from .manifest import (
     format_size,
 )
 from .neuropixels import (
-    SessionFile,
     VbnEcephysSession,
     VbnProjectCache,
     generate_all_download_urls_from_manifest,
@@ -54,7 +53,7 @@ from .neuropixels import (
 )
 from .rangefile import RangeFile
 from .runinfo import run_information
-from .session_stream import SessionResults, map_sessions
+from .session_stream import SessionFile, SessionResults, map_sessions
 from .sources import Source, get_source
 from .transfer import (
     DownloadError,

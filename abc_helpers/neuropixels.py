@@ -28,7 +28,6 @@ import os
 import re
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -44,19 +43,17 @@ from .cachefolder import (
     link_or_copy,
 )
 from .neuropixels_session import VbnEcephysSession
+from .session_stream import SessionFile, SessionResults, map_sessions, open_session
 from .sources import VBN_BUCKET, Source, get_source
 from .transfer import download, file_hash, list_objects
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
 
-    from .session_stream import SessionResults
-
 LOGGER = logging.getLogger("abc_helpers")
 
 __all__ = [
     "OutdatedManifestWarning",
-    "SessionFile",
     "VbnEcephysSession",
     "VbnProjectCache",
     "generate_all_download_urls_from_manifest",
@@ -201,31 +198,6 @@ def _diff(old: dict[str, str], new: dict[str, str]) -> list[tuple[str, str]]:
             changes.append((fname, f"{fname} deleted"))
     changes += [(f, f"{f} created") for f in new if f not in old and f not in renamed_to]
     return changes
-
-
-@dataclass(frozen=True)
-class SessionFile:
-    """Where the NWB file of a session is (:meth:`VbnProjectCache.get_ecephys_session_file`).
-
-    Attributes
-    ----------
-    ecephys_session_id : int
-        The session.
-    url : str
-        The file's URL pinned to the manifest's version (``?versionId=``); empty if ``local``.
-    path : Path
-        Where the file is, or would be once downloaded, in the cache folder.
-    known_hash : str
-        ``"blake2b:<hex>"`` from the manifest.
-    local : bool
-        True if the file is at *path*, whole and verified.
-    """
-
-    ecephys_session_id: int
-    url: str
-    path: Path
-    known_hash: str
-    local: bool
 
 
 class VbnProjectCache:
@@ -649,8 +621,6 @@ class VbnProjectCache:
         lfp = self._probe_lfp(ecephys_session_id)
         if not stream:
             return VbnEcephysSession(self.get_ecephys_session_path(ecephys_session_id), probe_lfp=lfp)
-        from .session_stream import open_session
-
         session, saved = open_session(self.get_ecephys_session_file(ecephys_session_id), probe_lfp=lfp)
         if saved:
             self._folder.record({self._folder.relative(session.path): saved})
@@ -662,8 +632,6 @@ class VbnProjectCache:
                      progressbar: bool | None = None) -> SessionResults:
         """Call ``function(session)`` on many sessions, streamed, in parallel; see
         :func:`abc_helpers.session_stream.map_sessions` (this cache is its first argument)."""
-        from .session_stream import map_sessions
-
         return map_sessions(self, function, ecephys_session_ids, stream=stream, executor=executor,
                             max_workers=max_workers, progressbar=progressbar)
 

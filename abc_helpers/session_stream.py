@@ -19,12 +19,12 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from .cachefolder import blocks_path
-from .neuropixels import SessionFile
 from .neuropixels_session import VbnEcephysSession
 from .progress import ProgressBar
 from .rangefile import RangeFile
@@ -34,10 +34,35 @@ if TYPE_CHECKING:
 
 LOGGER = logging.getLogger("abc_helpers")
 
-__all__ = ["SESSION_BLOCK_SIZE", "SessionResults", "map_sessions", "open_session", "session_task"]
+__all__ = ["SESSION_BLOCK_SIZE", "SessionFile", "SessionResults", "map_sessions", "open_session", "session_task"]
 
 #: Block size for session files: the unit of each range request and of the cache.
 SESSION_BLOCK_SIZE = 256 << 10
+
+
+@dataclass(frozen=True)
+class SessionFile:
+    """Where the NWB file of a session is (:meth:`VbnProjectCache.get_ecephys_session_file`).
+
+    Attributes
+    ----------
+    ecephys_session_id : int
+        The session.
+    url : str
+        The file's URL pinned to the manifest's version (``?versionId=``); empty if ``local``.
+    path : Path
+        Where the file is, or would be once downloaded, in the cache folder.
+    known_hash : str
+        ``"blake2b:<hex>"`` from the manifest.
+    local : bool
+        True if the file is at *path*, whole and verified.
+    """
+
+    ecephys_session_id: int
+    url: str
+    path: Path
+    known_hash: str
+    local: bool
 
 
 def open_session(file: SessionFile, *, probe_lfp: dict[str, tuple[Any, float]] | None = None,
