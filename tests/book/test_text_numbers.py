@@ -29,6 +29,7 @@ from support.notebooks import BOOK
 from abc_helpers.ish.grids import GRID_BYTES, GRID_SIZE
 from abc_helpers.manifest import Manifest, format_size
 from abc_helpers.sample import vbn_session
+from abc_helpers.session_stream import SESSION_BLOCK_SIZE
 
 DATA = BOOK.parent / "tests" / "data"
 RESULTS = BOOK.parent / "bench" / "results"
@@ -227,6 +228,7 @@ FACTS: dict[str, Fact] = {
     "2 GB": cited(VBN_TUTORIAL + ": ecephys_session_1052533639.nwb 2.31G"),
     "384 per probe": cited("https://allensdk.readthedocs.io/en/latest/visual_behavior_neuropixels.html"),
     "40 units": arithmetic(lambda: "index[:40]" in _source("neuropixels_metadata")),
+    "256 KiB": arithmetic(lambda: SESSION_BLOCK_SIZE == 256 * 1024),  # a streamed session's blocks
     # the change-detection task: the real task's flashes (cited), which the sample's sessions draw
     "250 ms": Fact(VBN_TASK, lambda: vbn_session.FLASH_ON_S == 0.25),
     "750 ms": Fact(VBN_TASK, lambda: vbn_session.FLASH_PERIOD_S == 0.75),
