@@ -266,15 +266,37 @@ def _manifest_version(name: str) -> tuple[int, ...]:
         return (-1,)
 
 
-#: The ``sessions`` value of :func:`fill_vbn` that names the chapters' default session.
+#: The ``sessions`` value of :func:`fill_vbn` that names the chapters' default session;
+#: ``"first:N"`` names the first N (chapter 4 maps a function over its first four).
 FIRST_SESSION = "first"
 
 
-def first_session_with_file(source: Source, bucket_dir: Path, manifest_name: str) -> str:
-    """The first ecephys session of a VBN manifest's session table that has an NWB file.
+def first_count(token: int | str) -> int | None:
+    """How many first sessions a ``sessions`` token of :func:`fill_vbn` names.
 
-    This is the session the chapters open when their ``session_id`` is None (the first row of
-    ``get_ecephys_session_table()`` whose ``file_id`` is among the manifest's ``data_files``).
+    Examples
+    --------
+    >>> first_count("first"), first_count("first:4"), first_count("1052533639")
+    (1, 4, None)
+    """
+    name, _, count = str(token).partition(":")
+    if name != FIRST_SESSION:
+        return None
+    if not count:
+        return 1
+    if not count.isdigit() or int(count) < 1:
+        raise ValueError(f"VBN sessions token {token!r}: use 'first' or 'first:N' with N a positive "
+                         "whole number (e.g. 'first:4').")
+    return int(count)
+
+
+def first_sessions_with_file(source: Source, bucket_dir: Path, manifest_name: str, n: int = 1) -> list[str]:
+    """The first *n* ecephys sessions of a VBN manifest's session table that have an NWB file.
+
+    These are the sessions the chapters open by default: chapter 4's ``session_id=None`` is the
+    first, and it maps a function over the first ``n_sessions``: the rows of
+    ``get_ecephys_session_table()`` (abnormal sessions dropped, as there) whose ``file_id`` is among
+    the manifest's ``data_files``.
 
     Parameters
     ----------
@@ -285,11 +307,13 @@ def first_session_with_file(source: Source, bucket_dir: Path, manifest_name: str
         :func:`fill_vbn` stores them (at their versions), so nothing is fetched twice.
     manifest_name : str
         E.g. ``"visual-behavior-neuropixels_project_manifest_v0.3.0.json"``.
+    n : int
+        How many.
 
     Returns
     -------
-    str
-        The ecephys session id.
+    list of str
+        The ecephys session ids, in the table's order (fewer if the table has fewer).
 
     Raises
     ------
@@ -305,14 +329,16 @@ def first_session_with_file(source: Source, bucket_dir: Path, manifest_name: str
     path = download(source.object_url(VBN_BUCKET, rel, version_id=entry["version_id"]),
                     bucket_dir / VERSIONS_FOLDER / entry["version_id"] / rel,
                     known_hash=f"blake2b:{entry['file_hash'].lower()}", progressbar=False)
-    table = pd.read_csv(path, usecols=["ecephys_session_id", "file_id"])
+    table = pd.read_csv(path, usecols=["ecephys_session_id", "file_id", "abnormal_histology",
+                                       "abnormal_activity"])
+    table = table[table["abnormal_histology"].isna() & table["abnormal_activity"].isna()]
     with_file = [str(sid) for sid, fid in zip(table["ecephys_session_id"], table["file_id"], strict=True)
                  if str(fid) in manifest["data_files"]]
     if not with_file:
         msg = (f"No session of the ecephys_sessions table of {manifest_name} has an NWB file in its "
                "data_files: name the sessions to mirror by id.")
         raise ValueError(msg)
-    return with_file[0]
+    return with_file[:n]
 
 
 def fill_vbn(
@@ -341,7 +367,8 @@ def fill_vbn(
         Ecephys session ids whose NWB files to mirror (each about 2-3 GB on the real bucket), or
         ``"all"``; none by default. ``"first"`` (alone or among ids) names the first session of
         the newest mirrored manifest's ``ecephys_sessions`` table that has an NWB file: the one
-        the chapters open when their ``session_id`` is None.
+        the chapters open when their ``session_id`` is None; ``"first:N"`` the first N (chapter
+        4 maps a function over the first four).
 
     Returns
     -------
@@ -367,9 +394,14 @@ def fill_vbn(
                              f"{sorted(by_version, key=lambda v: _manifest_version('_v' + v))}.")
         chosen = sorted({by_version.get(m, m) for m in asked}, key=_manifest_version)
     wanted_sessions = _names(sessions) if sessions else []
-    if wanted_sessions and FIRST_SESSION in wanted_sessions:
-        first = first_session_with_file(src, bucket_dir, chosen[-1])
-        wanted_sessions = list(dict.fromkeys(first if s == FIRST_SESSION else s for s in wanted_sessions))
+    counts = [c for c in map(first_count, wanted_sessions or []) if c is not None]
+    if wanted_sessions and counts:
+        first = first_sessions_with_file(src, bucket_dir, chosen[-1], max(counts))
+        expanded: list[str] = []
+        for token in wanted_sessions:
+            count = first_count(token)
+            expanded += first[:count] if count else [str(token)]
+        wanted_sessions = list(dict.fromkeys(expanded))
     paths: list[Path] = []
     jobs: dict[Path, DownloadJob] = {}
     current: dict[str, Path] = {}  # key -> the version file named by the newest manifest
@@ -565,7 +597,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'all' (default), 'latest' or versions such as 0.3.0")
     parser.add_argument("--vbn-sessions", nargs="*", default=[], metavar="ID",
                         help="ecephys session ids whose NWB files to mirror (about 2-3 GB each); 'first': "
-                             "the chapters' default session (the first of the table with an NWB file)")
+                             "the chapters' default session (the first of the table with an NWB file); "
+                             "'first:N': the first N (chapter 4 streams the first four)")
     parser.add_argument("--no-vbn", action="store_true", help="skip Visual Behavior Neuropixels")
     parser.add_argument("--ish-genes", nargs="*", default=[], metavar="GENE",
                         help="genes whose ISH experiments and 3-D grids to mirror")

@@ -90,8 +90,8 @@ def build_mirror(mirror: Path, quick: bool) -> tuple[int, int]:
     units, seconds = (200, 900.0) if quick else (REAL_UNITS, REAL_SECONDS)
     # keyed by the world's fingerprint (the generators' source, vbn_large.py's included)
     large = CACHE_HOME / f"session-{sid}-{units}x{seconds:g}-{world.name}.nwb"
-    for stale in CACHE_HOME.glob(f"session-*-{units}x{seconds:g}*"):
-        if not stale.name.startswith(large.stem):  # from another world: 1.7 GB each, never read again
+    for stale in CACHE_HOME.glob("session-*"):
+        if f"-{world.name}." not in stale.name:  # from another world: up to 1.7 GB each, never read again
             stale.unlink()
     if not large.exists():
         CACHE_HOME.mkdir(parents=True, exist_ok=True)

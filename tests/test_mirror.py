@@ -35,12 +35,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def mirror_dir(tmp_path_factory, sample_source) -> Path:
-    """A mirror filled from the sample server with the same code an instructor runs on AWS."""
+    """A mirror filled from the sample server with the same code an instructor runs on AWS (chapter 4's
+    sessions: `first:4`, as the workshop page fills it)."""
     top = tmp_path_factory.mktemp("mirror")
     report = fill_mirror(
         top, source=sample_source, abc_releases=RELEASES, abc_metadata="all",
         abc_data=["Allen-CCF-2020", "WMB-10XMulti", "WMB-10Xv2", "WMB-10Xv3"], abc_data_types=["log2"],
-        vbn_manifests="all", vbn_sessions=[SESSION], ish_genes=ISH_GENES, progressbar=False)
+        vbn_manifests="all", vbn_sessions=[SESSION, "first:4"], ish_genes=ISH_GENES, progressbar=False)
     assert set(report.files) == {"abc", "vbn", "allen-api"} and all(report.bytes.values())
     return top
 
@@ -67,9 +68,11 @@ def test_mirror_layout(mirror_dir):
                     (mirror_dir / VBN / "_versions").glob("*/visual-behavior-neuropixels/project_metadata/units.csv")}
     assert stored_units == units_versions and len(units_versions) >= 2  # units.csv changed between versions
     nwb = list((mirror_dir / VBN / "visual-behavior-neuropixels/behavior_ecephys_sessions").rglob("*.nwb"))
-    assert [p.name for p in nwb if p.name.startswith("ecephys_session_")] == [f"ecephys_session_{SESSION}.nwb"]
-    lfp = [p for p in nwb if not p.name.startswith("ecephys_session_")]  # the session's probes' LFP files
-    assert all(p.parent.name == str(SESSION) and re.fullmatch(r"probe_probe[A-F]_lfp\.nwb", p.name) for p in lfp)
+    sessions = {p.parent.name for p in nwb if p.name.startswith("ecephys_session_")}
+    # SESSION and chapter 4's first four (which four: test_first_sessions_are_chapter_4s)
+    assert str(SESSION) in sessions and len(sessions) == 4, sessions
+    lfp = [p for p in nwb if not p.name.startswith("ecephys_session_")]  # those sessions' probes' LFP files
+    assert all(p.parent.name in sessions and re.fullmatch(r"probe_probe[A-F]_lfp\.nwb", p.name) for p in lfp)
     records = json.loads((mirror_dir / "allen-api" / "section_data_sets.json").read_text())["section_data_sets"]
     assert {g["acronym"] for r in records for g in r["genes"]} == set(ISH_GENES)
     assert {r["plane_of_section"]["name"] for r in records} == {"coronal", "sagittal"}
@@ -212,3 +215,24 @@ def test_first_session_is_the_chapters_default(sample_source, tmp_path):
     nwb = sorted((tmp_path / "mirror" / VBN / "visual-behavior-neuropixels").rglob("*.nwb"))
     assert [p.name for p in nwb if p.name.startswith("ecephys_session_")] == [f"ecephys_session_{expected}.nwb"]
     assert {p.parent.name for p in nwb} == {str(expected)}  # and the LFP files of its probes, if any
+
+
+def test_first_sessions_are_chapter_4s(sample_source, tmp_path):
+    """vbn_sessions="first:N" mirrors the sessions chapter 4 maps a function over with n_sessions=N (the
+    first N of the table, abnormal sessions dropped, with an NWB file); a bad count is refused."""
+    from abc_helpers.mirror import fill_vbn
+    from abc_helpers.neuropixels import VbnProjectCache
+
+    cache = VbnProjectCache.from_s3_cache(tmp_path / "cache", source=sample_source, progressbar=False)
+    sessions = cache.get_ecephys_session_table()
+    files = cache.manifest["data_files"]
+    expected = [int(sid) for sid, fid in sessions["file_id"].items() if str(fid) in files][:8]
+    # eight: the sample's first abnormal session is among the first eight rows, so the filter matters
+    assert cache.get_ecephys_session_table(filter_abnormalities=False).index[:8].tolist() != expected
+    fill_vbn(tmp_path / "mirror", source=sample_source, manifests="latest", sessions=["first:8", "first"],
+             progressbar=False)
+    nwb = (tmp_path / "mirror" / VBN / "visual-behavior-neuropixels").rglob("ecephys_session_*.nwb")
+    assert sorted(int(p.parent.name) for p in nwb) == sorted(expected)
+    with pytest.raises(ValueError, match="'first:N'"):
+        fill_vbn(tmp_path / "mirror", source=sample_source, manifests="latest", sessions="first:0",
+                 progressbar=False)
